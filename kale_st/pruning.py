@@ -1,0 +1,197 @@
+"""Structural layer pruning of sentence-transformers models.
+
+Example:
+    >>> from sentence_transformers import SentenceTransformer
+    >>> import kale_st
+    >>> model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
+    >>> student = kale_st.prune_layers(model, 2)  # keeps layers [0, 5]  # doctest: +SKIP
+    >>> kale_st.pruning_info(student)["kept_layers"]  # doctest: +SKIP
+    [0, 5]
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Router, Transformer
+from torch import nn
+
+from kale_st.architectures import find_layers
+from kale_st.strategies import select_layers
+
+#: Name of the Hugging Face config attribute that records how a model was pruned (survives save/load).
+LINEAGE_KEY = "kale_st_pruning"
+_LAYER_INDEX_ATTRIBUTES = ("layer_idx", "layer_id", "layer_index")
+_NOT_PER_LAYER = {"architectures"}
+
+
+def prune_layers(
+    model: SentenceTransformer,
+    layers: int | Sequence[int],
+    *,
+    strategy: str = "spread",
+    route: str | None = None,
+) -> SentenceTransformer:
+    """Return a copy of ``model`` that keeps only some of its transformer layers.
+
+    Args:
+        model: The model to prune. It is not modified.
+        layers: How many layers to keep (chosen by ``strategy``) or the exact indices to keep.
+        strategy: A name in :data:`kale_st.strategies.STRATEGIES` (``spread``, ``bottom``, ``top``);
+            ignored when ``layers`` lists indices.
+        route: For a ``Router`` model, the route to prune (for example ``"query"``); ``None`` prunes
+            every transformer in the model.
+
+    The copy starts with a fresh model card and records its lineage (source, original layer count,
+    kept indices of the original) in the transformer config; read it with :func:`pruning_info`.
+
+    Example:
+        >>> student = prune_layers(model, 2)                   # doctest: +SKIP
+        >>> student = prune_layers(model, [0, 3, 5])           # doctest: +SKIP
+        >>> asym = prune_layers(router_model, 2, route="query")  # doctest: +SKIP
+    """
+    if not isinstance(model, SentenceTransformer):
+        raise ValueError(f"prune_layers expects a SentenceTransformer, got {type(model).__name__}.")
+    plans = [(path, _kept_indices(module, layers, strategy)) for path, module in _transformer_modules(model, route)]
+    pruned = copy.deepcopy(model)
+    for path, keep in plans:
+        module = pruned.get_submodule(path)
+        if route is not None and _is_shared(pruned, path, module):
+            module = copy.deepcopy(module)
+            parent_path, _, name = path.rpartition(".")
+            setattr(pruned.get_submodule(parent_path), name, module)
+        _prune_transformer(module, keep, strategy if isinstance(layers, int) else "indices", _source_name(model))
+    pruned._model_card_text = None
+    pruned.model_card_data = pruned.model_card_data_class()
+    pruned.model_card_data.register_model(pruned)
+    return pruned
+
+
+def pruning_info(model: SentenceTransformer, route: str | None = None) -> dict[str, Any] | None:
+    """The lineage recorded by :func:`prune_layers`, or ``None`` for a model that was never pruned.
+
+    Keys: ``source_model``, ``num_layers`` (of the source), ``kept_layers`` (indices in the source), ``strategy``.
+    """
+    for _, module in _transformer_modules(model, route):
+        info = getattr(module.auto_model.config, LINEAGE_KEY, None)
+        if info is not None:
+            return dict(info)
+    return None
+
+
+def num_layers(model: SentenceTransformer, route: str | None = None) -> int:
+    """The number of transformer layers of ``model`` (of ``route`` for a Router model)."""
+    (_, module), *_ = _transformer_modules(model, route)
+    return module.auto_model.config.num_hidden_layers
+
+
+def _transformer_modules(model: SentenceTransformer, route: str | None) -> list[tuple[str, Transformer]]:
+    """``(submodule path, module)`` of every Transformer to prune, in model order."""
+    found: list[tuple[str, Transformer]] = []
+    routers = [(name, m) for name, m in model.named_children() if isinstance(m, Router)]
+    if route is not None and not routers:
+        raise ValueError(f"route={route!r} applies to a Router model; this model has no Router. Pass route=None.")
+    for name, module in model.named_children():
+        if isinstance(module, Transformer):
+            found.append((name, module))
+        elif isinstance(module, Router):
+            if route is not None and route not in module.sub_modules:
+                raise ValueError(
+                    f"Unknown route {route!r}: this Router has routes {list(module.sub_modules)}. Pass one of them."
+                )
+            for route_name, sequence in module.sub_modules.items():
+                if route is None or route_name == route:
+                    found += [
+                        (f"{name}.sub_modules.{route_name}.{i}", m)
+                        for i, m in enumerate(sequence)
+                        if isinstance(m, Transformer)
+                    ]
+    if not found:
+        raise ValueError(
+            "This model has no sentence_transformers Transformer module to prune"
+            + (f" in route {route!r}" if route else "")
+            + ": layer pruning needs a Hugging Face transformer encoder (static embeddings have no layers)."
+        )
+    return found
+
+
+def _kept_indices(module: Transformer, layers: int | Sequence[int], strategy: str) -> list[int]:
+    hf_model = module.auto_model
+    _, _, stack = find_layers(hf_model)
+    total = hf_model.config.num_hidden_layers
+    if isinstance(layers, bool) or not isinstance(layers, (int, Sequence)) or isinstance(layers, str):
+        raise ValueError(f"layers must be an int (how many to keep) or a sequence of indices, got {layers!r}.")
+    if isinstance(layers, int):
+        if layers <= 0:
+            raise ValueError(f"layers={layers}: keep at least 1 layer (1 <= layers < {total}).")
+        if layers >= total:
+            raise ValueError(
+                f"layers={layers}: the model already has {total} layers; keep fewer (1 <= layers < {total})."
+            )
+        keep = select_layers(strategy, layers, total)
+    else:
+        keep = list(layers)
+        if not keep:
+            raise ValueError("layers is empty: list at least one layer index to keep.")
+        if any(isinstance(i, bool) or not isinstance(i, int) for i in keep):
+            raise ValueError(f"layers must hold integer indices, got {keep!r}.")
+        if len(set(keep)) != len(keep):
+            raise ValueError(f"layers {keep} has duplicate indices: list each layer to keep once.")
+        bad = [i for i in keep if not 0 <= i < total]
+        if bad:
+            raise ValueError(f"Layer indices {bad} are out of range: this model has layers 0..{total - 1}.")
+        if len(keep) == total:
+            raise ValueError(f"layers {keep} keeps all {total} layers: the model already has {total} layers.")
+        keep = sorted(keep)
+    missing = [i for i in stack.required_layers if i not in keep]
+    if missing:
+        raise ValueError(
+            f"{hf_model.config.model_type} must keep layer(s) {missing} (kept: {keep}): "
+            "include them in the indices or use strategy='spread' or 'bottom'."
+        )
+    return keep
+
+
+def _prune_transformer(module: Transformer, keep: list[int], strategy: str, source: str) -> None:
+    hf_model = module.auto_model
+    config = hf_model.config
+    parent, name, _ = find_layers(hf_model)
+    old_layers = getattr(parent, name)
+    setattr(parent, name, nn.ModuleList(old_layers[i] for i in keep))
+    for new_index, layer in enumerate(getattr(parent, name)):
+        for submodule in layer.modules():
+            for attribute in _LAYER_INDEX_ATTRIBUTES:
+                if isinstance(getattr(submodule, attribute, None), int):
+                    setattr(submodule, attribute, new_index)
+    total = config.num_hidden_layers
+    for key, value in config.to_dict().items():
+        if key not in _NOT_PER_LAYER and isinstance(value, list) and len(value) == total:
+            setattr(config, key, [value[i] for i in keep])
+    config.num_hidden_layers = len(keep)
+    previous = getattr(config, LINEAGE_KEY, None)
+    setattr(
+        config,
+        LINEAGE_KEY,
+        {
+            "source_model": previous["source_model"] if previous else source,
+            "num_layers": previous["num_layers"] if previous else total,
+            "kept_layers": [previous["kept_layers"][i] for i in keep] if previous else keep,
+            "strategy": strategy,
+        },
+    )
+
+
+def _is_shared(model: nn.Module, path: str, module: nn.Module) -> bool:
+    return any(m is module and p != path for p, m in model.named_modules(remove_duplicate=False))
+
+
+def _source_name(model: SentenceTransformer) -> str:
+    card = model.model_card_data
+    for name in (card.model_id, card.base_model):
+        if name:
+            return name
+    (_, module), *_ = _transformer_modules(model, None)
+    return module.auto_model.config._name_or_path
