@@ -23,13 +23,17 @@ from transformers import (
 )
 
 WORDS = "the a of and to in is for on with query document retrieval dense model layer fast slow cat dog".split()
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz"]
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *LETTERS, *(f"##{c}" for c in LETTERS)]
 SENTENCES = ["the cat is fast", "a dog on the document", "dense retrieval with a model", "query and layer"]
 HIDDEN = 32
 SMALL = dict(hidden_size=HIDDEN, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
 
 CONFIGS = {
-    "bert": lambda: BertConfig(num_hidden_layers=4, **SMALL),
+    # Large init and no dropout: every layer matters, so pruning visibly hurts and alignment visibly helps.
+    "bert": lambda: BertConfig(
+        num_hidden_layers=4, initializer_range=0.3, hidden_dropout_prob=0, attention_probs_dropout_prob=0, **SMALL
+    ),
     "roberta": lambda: RobertaConfig(num_hidden_layers=4, pad_token_id=0, **SMALL),
     "xlm-roberta": lambda: XLMRobertaConfig(num_hidden_layers=4, pad_token_id=0, **SMALL),
     "mpnet": lambda: MPNetConfig(num_hidden_layers=4, pad_token_id=0, **SMALL),
@@ -57,8 +61,7 @@ ARCHITECTURES = sorted(CONFIGS)
 def write_tiny_transformer(folder: Path, architecture: str = "bert", seed: int = 0) -> Path:
     """Save a random Hugging Face model of ``architecture`` and a tiny WordPiece tokenizer in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=64)
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(VOCAB)}, model_max_length=64)
     config = CONFIGS[architecture]()
     config.vocab_size = len(VOCAB)
     torch.manual_seed(seed)

@@ -1,0 +1,153 @@
+"""kale_st.align on tiny models (and one short run on the real all-MiniLM-L6-v2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SENTENCES, assert_same_state, state, tiny_model, tiny_router_model
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer
+
+import kale_st
+
+QUERIES = [f"{a} {b} {c}" for a in ("the cat", "a dog", "query") for b in ("is", "on", "with") for c in ("fast", "dense model", "layer", "document")]
+FAST = dict(epochs=2, batch_size=8, learning_rate=1e-3)
+
+
+def weights(model: SentenceTransformer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_align_returns_an_aligned_student_and_the_untouched_document_model(tmp_path: Path) -> None:
+    model = tiny_model(tmp_path / "m")
+    before = state(model)
+    pair = kale_st.align(model, QUERIES, layers=2, eval_queries=SENTENCES, **FAST)
+    assert pair.document_model is model
+    assert_same_state(before, model)  # every tensor bit-identical
+    assert kale_st.num_layers(pair.query_model) == 2
+    agreement = pair.metadata["agreement"]
+    assert agreement["after"]["mse_x100"] < agreement["before"]["mse_x100"]
+    assert agreement["after"]["cosine"] > agreement["before"]["cosine"]
+    assert pair.metadata["kept_layers"] == [0, 3] and pair.metadata["num_queries"] == len(QUERIES)
+    assert pair.encode_query(SENTENCES).shape == pair.encode_document(SENTENCES).shape == (4, 32)
+    assert torch.equal(pair.encode_document(SENTENCES, convert_to_tensor=True), model.encode(SENTENCES, convert_to_tensor=True))
+
+
+def test_same_seed_same_student(tmp_path: Path) -> None:
+    model = tiny_model(tmp_path / "m")
+    a = weights(kale_st.align(model, QUERIES, seed=3, **FAST).query_model)
+    b = weights(kale_st.align(model, QUERIES, seed=3, **FAST).query_model)
+    c = weights(kale_st.align(model, QUERIES, seed=4, **FAST).query_model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_mse_loss_option_and_save_load_round_trip(tmp_path: Path) -> None:
+    pair = kale_st.align(tiny_model(tmp_path / "m"), QUERIES, loss="mse", output_dir=tmp_path / "pair", **FAST)
+    assert pair.metadata["loss"] == "MSELoss"
+    assert sorted(os.listdir(tmp_path / "pair")) == ["document", "kale_pair.json", "query"]
+    loaded = kale_st.AsymmetricPair.load(tmp_path / "pair", device="cpu")
+    assert loaded.metadata == json.loads(json.dumps(pair.metadata))
+    assert torch.equal(loaded.encode_query(SENTENCES, convert_to_tensor=True), pair.encode_query(SENTENCES, convert_to_tensor=True))
+    assert torch.equal(
+        loaded.encode_document(SENTENCES, convert_to_tensor=True), pair.encode_document(SENTENCES, convert_to_tensor=True)
+    )
+    assert kale_st.num_layers(SentenceTransformer(str(tmp_path / "pair" / "query"), device="cpu")) == 2
+    with pytest.raises(ValueError, match="not empty"):
+        pair.save(tmp_path / "pair")
+
+
+def test_queries_from_files_and_datasets(tmp_path: Path) -> None:
+    model = tiny_model(tmp_path / "m")
+    (tmp_path / "q.txt").write_text("\n".join(QUERIES) + "\n\n")
+    (tmp_path / "q.jsonl").write_text("\n".join(json.dumps({"_id": str(i), "text": q}) for i, q in enumerate(QUERIES)))
+    for source in (tmp_path / "q.txt", str(tmp_path / "q.jsonl"), Dataset.from_dict({"text": QUERIES})):
+        assert kale_st.align(model, source, max_steps=1, batch_size=8).metadata["num_queries"] == len(QUERIES)
+
+
+def test_router_model_query_route_is_the_teacher(tmp_path: Path) -> None:
+    model = tiny_router_model(tmp_path / "m")
+    before = state(model)
+    pair = kale_st.align(model, QUERIES, layers=1, eval_queries=SENTENCES, **FAST)
+    assert_same_state(before, model)
+    assert kale_st.num_layers(pair.query_model) == 1
+    assert pair.metadata["agreement"]["after"]["mse_x100"] < pair.metadata["agreement"]["before"]["mse_x100"]
+    assert torch.equal(
+        pair.encode_document(SENTENCES, convert_to_tensor=True), model.encode_document(SENTENCES, convert_to_tensor=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("queries", "kwargs", "message"),
+    [
+        ([], {}, "queries is empty"),
+        (["ok", 3], {}, r"queries\[1\] is a int"),
+        (Dataset.from_dict({"question": ["a"]}), {}, r"no text column .* Pass column="),
+        (Dataset.from_dict({"text": ["a"]}), {"query_column": "q"}, "has no column 'q'"),
+        ("no/such/file.txt", {}, "does not exist"),
+        (QUERIES, {"layers": 4}, "already has 4 layers"),
+        (QUERIES, {"loss": "cosine"}, "Unknown loss"),
+    ],
+)
+def test_bad_input_writes_nothing(tmp_path: Path, queries, kwargs: dict, message: str) -> None:
+    model = tiny_model(tmp_path / "m")
+    with pytest.raises(ValueError, match=message):
+        kale_st.align(model, queries, output_dir=tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_diverging_training_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
+    model = tiny_model(tmp_path / "m")
+    with torch.no_grad():
+        model[0].auto_model.embeddings.word_embeddings.weight[5:].fill_(float("nan"))  # a broken teacher
+    with pytest.raises(FloatingPointError, match="diverged"):
+        kale_st.align(model, QUERIES, output_dir=tmp_path / "out", **FAST)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_align_real_minilm_improves_agreement(minilm_path: str) -> None:
+    model = SentenceTransformer(minilm_path, device="cpu")
+    queries = [f"Does {w} affect {v} in patients?" for w in ("insulin", "obesity", "aspirin", "sleep") for v in ("mortality", "memory", "blood pressure", "cancer risk")]
+    pair = kale_st.align(model, queries * 4, layers=2, max_steps=8, batch_size=16, eval_queries=SENTENCES)
+    before, after = pair.metadata["agreement"]["before"], pair.metadata["agreement"]["after"]
+    assert after["cosine"] > before["cosine"] + 0.02
+
+
+DISTRIBUTED_SCRIPT = textwrap.dedent(
+    """
+    import hashlib, json, sys
+    from pathlib import Path
+    import torch
+    sys.path.insert(0, sys.argv[2])
+    from conftest import tiny_model
+    import kale_st
+    out = Path(sys.argv[1])
+    model = tiny_model(out / "src", seed=0)
+    queries = [f"the cat {i} dog" for i in range(32)]
+    pair = kale_st.align(model, queries, layers=2, epochs=1, batch_size=4, output_dir=out / "pair")
+    digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in pair.query_model.state_dict().values())).hexdigest()
+    rank = torch.distributed.get_rank()
+    (out / f"rank{rank}.json").write_text(json.dumps({"world": torch.distributed.get_world_size(), "digest": digest}))
+    """
+)
+
+
+def test_align_under_torchrun_with_two_cpu_processes(tmp_path: Path) -> None:
+    script = tmp_path / "run.py"
+    script.write_text(DISTRIBUTED_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               str(script), str(tmp_path), str(Path(__file__).parent)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["digest"] == ranks[1]["digest"]  # DDP kept the replicas in sync
+    loaded = kale_st.AsymmetricPair.load(tmp_path / "pair", device="cpu")
+    assert kale_st.num_layers(loaded.query_model) == 2
