@@ -20,6 +20,7 @@ from sentence_transformers.base.modules import Router, Transformer
 from torch import nn
 
 from kale_st.architectures import find_layers
+from kale_st.model_card import KALEModelCardData
 from kale_st.strategies import select_layers
 
 #: Name of the Hugging Face config attribute that records how a model was pruned (survives save/load).
@@ -65,7 +66,7 @@ def prune_layers(
             setattr(pruned.get_submodule(parent_path), name, module)
         _prune_transformer(module, keep, strategy if isinstance(layers, int) else "indices", _source_name(model))
     pruned._model_card_text = None
-    pruned.model_card_data = pruned.model_card_data_class()
+    pruned.model_card_data = KALEModelCardData(kale=pruning_info(pruned, route) or {})
     pruned.model_card_data.register_model(pruned)
     return pruned
 

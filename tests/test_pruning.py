@@ -22,6 +22,7 @@ def encode(model: SentenceTransformer, **kwargs) -> torch.Tensor:
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_prune_save_load_round_trip(architecture: str, tmp_path: Path) -> None:
     model = tiny_model(tmp_path / "src", architecture)
+    assert 1 not in model.tokenizer(SENTENCES)["input_ids"][0]  # no [UNK]: the tiny tokenizer knows the words
     before = state(model)
     pruned = kale_st.prune_layers(model, 2)
 
@@ -80,6 +81,9 @@ def test_pruned_copy_gets_a_fresh_model_card(minilm_path: str, tmp_path: Path) -
     pruned.save(str(tmp_path / "p"))
     card = (tmp_path / "p" / "README.md").read_text()
     assert "all-MiniLM-L6-v2" not in card and "s2orc" not in card
+    assert "**Layers kept:** 2 of 6 (indices 0, 5, strategy `spread`)" in card
+    assert "no re-indexing is needed" in card and "2304.01016" in card
+    assert "- kale" in card.split("---")[1]  # a tag in the YAML front matter
 
 
 def test_real_minilm_pruned_to_two_layers_round_trips(minilm_path: str, tmp_path: Path) -> None:
