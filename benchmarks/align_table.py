@@ -23,7 +23,7 @@ from sentence_transformers import SentenceTransformer
 import kale_st
 from kale_st.align import LOSSES
 from kale_st.evaluation import document_embeddings, evaluate_retrieval, load_beir
-from kale_st.loss import DEFAULT_SHIFT_WEIGHT, DEFAULT_TEMPERATURE
+from kale_st.loss import DEFAULT_TEMPERATURE
 
 HERE = Path(__file__).parent
 DEFAULTS = kale_st.align.__kwdefaults__
@@ -37,9 +37,8 @@ def main() -> None:
     parser.add_argument("--strategy", default="spread")
     parser.add_argument("--losses", nargs="+", default=["mse", "kale"], choices=sorted(LOSSES))
     parser.add_argument("--temperature", type=float, nargs="+", default=[DEFAULT_TEMPERATURE])
-    parser.add_argument("--shift-weight", type=float, nargs="+", default=[DEFAULT_SHIFT_WEIGHT])
-    parser.add_argument("--epochs", type=float, nargs="+", default=[DEFAULTS["epochs"]])
-    parser.add_argument("--lr", type=float, nargs="+", default=[DEFAULTS["learning_rate"]])
+    parser.add_argument("--epochs", type=float, nargs="+", default=[None], help="default: align's recipe")
+    parser.add_argument("--lr", type=float, nargs="+", default=[None], help="default: align's recipe")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     parser.add_argument("--no-pruned-only", action="store_true", help="skip the pruned-without-alignment rows")
     parser.add_argument("--output", default=str(HERE / "results" / "align_table.json"))
@@ -63,16 +62,15 @@ def main() -> None:
             pruned = kale_st.prune_layers(teacher, layers, strategy=args.strategy)
             rows.append({"model": "pruned only", "layers": layers, **evaluate_retrieval(pruned, test, docs)})
             _print(rows[-1])
-        for loss, temperature, shift, epochs, lr in itertools.product(
-            args.losses, args.temperature, args.shift_weight, args.epochs, args.lr
-        ):
+        for loss, temperature, epochs, lr in itertools.product(args.losses, args.temperature, args.epochs, args.lr):
             start = time.perf_counter()
             pair = kale_st.align(
                 teacher, train_queries, layers=layers, strategy=args.strategy, loss=loss, temperature=temperature,
-                shift_weight=shift, epochs=epochs, learning_rate=lr, batch_size=args.batch_size, disable_tqdm=True,
+                epochs=epochs, learning_rate=lr, batch_size=args.batch_size, disable_tqdm=True,
             )
             seconds = time.perf_counter() - start
-            recipe = f"{loss}" + (f" T={temperature} w={shift}" if loss == "kale" else "") + f" ep={epochs:g} lr={lr:g}"
+            meta = pair.metadata
+            recipe = f"{loss}" + (f" T={temperature}" if loss == "kale" else "") + f" ep={meta['epochs']:g} lr={meta['learning_rate']:g}"
             rows.append({"model": recipe, "layers": layers, **evaluate_retrieval(pair.query_model, test, docs),
                          "align_seconds": round(seconds, 1)})
             _print(rows[-1])

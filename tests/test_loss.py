@@ -1,4 +1,4 @@
-"""KALELoss: the formula, the shift term, the online teacher, and its errors."""
+"""KALELoss: the formula, its high-temperature limit, the online teacher, and its errors."""
 
 from __future__ import annotations
 
@@ -25,23 +25,26 @@ def test_divergence_matches_the_formula() -> None:
     assert kale_divergence(s, t, T) > 0
 
 
-def test_shift_term_sees_what_the_softmax_cannot() -> None:
-    t = torch.randn(4, 16) * 0.1
-    shifted = t + 0.05
-    assert kale_divergence(shifted, t, 0.1, shift_weight=0.0).abs() < 1e-6  # softmax is shift-invariant
-    assert torch.allclose(kale_divergence(shifted, t, 0.1, shift_weight=0.5), torch.tensor(0.5 * 0.05**2), atol=1e-6)
+def test_at_reference_temperature_normalized_embeddings_give_half_the_centred_mse() -> None:
+    torch.manual_seed(0)
+    t = torch.nn.functional.normalize(torch.randn(8, 384), dim=-1)
+    s = torch.nn.functional.normalize(t + 0.02 * torch.randn(8, 384), dim=-1)
+    delta = s - t
+    centred = (delta - delta.mean(-1, keepdim=True)).pow(2).sum(-1).mean() / 384
+    assert torch.allclose(kale_divergence(s, t, 1.0), 0.5 * centred, rtol=1e-2)
+    assert kale_divergence(s + 0.05, t, 0.2).sub(kale_divergence(s, t, 0.2)).abs() < 1e-6  # blind to a shift
 
 
 def test_loss_config_and_citation(bert_model) -> None:
-    loss = kale_st.KALELoss(bert_model, temperature=0.2, shift_weight=0.0)
-    assert loss.get_config_dict() == {"temperature": 0.2, "shift_weight": 0.0}
+    loss = kale_st.KALELoss(bert_model, temperature=0.3)
+    assert loss.get_config_dict() == {"temperature": 0.3}
     assert "2304.01016" in loss.citation and "Campos" in loss.citation
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"temperature": 0}, "temperature"), ({"shift_weight": -1}, "shift")])
-def test_bad_settings(bert_model, kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        kale_st.KALELoss(bert_model, **kwargs)
+@pytest.mark.parametrize("temperature", [0, -0.1, float("nan")])
+def test_bad_temperature(bert_model, temperature: float) -> None:
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        kale_st.KALELoss(bert_model, temperature=temperature)
 
 
 def test_non_finite_loss_is_a_clear_error(bert_model) -> None:
