@@ -7,6 +7,7 @@ Example:
     >>> data = load_beir("benchmarks/data/scifact", split="test")  # doctest: +SKIP
     >>> docs = document_embeddings(teacher, data.corpus, cache_dir=".cache/kale_st")  # doctest: +SKIP
     >>> evaluate_retrieval(student, data, docs)["ndcg@10"]  # doctest: +SKIP
+    >>> evaluate(pair, data)["ndcg@10"]  # the same, documents by pair.document_model, cached  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+from kale_st.pair import AsymmetricPair
+
+#: Where document embeddings are cached by default (relative to the working directory).
+DEFAULT_CACHE = Path(".cache") / "kale_st"
 
 
 @dataclass
@@ -33,28 +40,51 @@ class BeirData:
     relevant: dict[str, set[str]]
 
 
-def load_beir(folder: str | os.PathLike, split: str = "test") -> BeirData:
-    """Read ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/{split}.tsv``; only the split's queries are kept."""
-    root = Path(folder)
+def load_beir(source: str | os.PathLike, split: str = "test") -> BeirData:
+    """One split of a BEIR dataset; only the split's queries are kept.
+
+    ``source`` is a folder with ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/{split}.tsv``, or a Hugging Face
+    dataset id in the BEIR layout (``BeIR/scifact``: configs ``corpus`` and ``queries``, qrels in ``BeIR/scifact-qrels``).
+    """
+    root = Path(source)
+    if not root.exists() and str(source).count("/") == 1:
+        return _load_beir_hub(str(source), split)
     qrels = root / "qrels" / f"{split}.tsv"
     for path in (root / "corpus.jsonl", root / "queries.jsonl", qrels):
         if not path.is_file():
             raise ValueError(f"{path} is missing: a BEIR folder has corpus.jsonl, queries.jsonl and qrels/{split}.tsv.")
-    relevant: dict[str, set[str]] = {}
     with qrels.open(encoding="utf-8") as handle:
-        for row in csv.DictReader(handle, delimiter="\t"):
-            if int(row["score"]) > 0:
-                relevant.setdefault(row["query-id"], set()).add(row["corpus-id"])
-    corpus = {}
-    for line in (root / "corpus.jsonl").read_text(encoding="utf-8").splitlines():
-        doc = json.loads(line)
-        corpus[doc["_id"]] = (doc.get("title", "") + " " + doc["text"]).strip()
-    queries = {}
-    for line in (root / "queries.jsonl").read_text(encoding="utf-8").splitlines():
-        query = json.loads(line)
-        if query["_id"] in relevant:
-            queries[query["_id"]] = query["text"]
-    return BeirData(corpus=corpus, queries=queries, relevant=relevant)
+        judgements = list(csv.DictReader(handle, delimiter="\t"))
+    read = lambda name: [json.loads(line) for line in (root / name).read_text(encoding="utf-8").splitlines() if line]
+    return _beir_data(read("corpus.jsonl"), read("queries.jsonl"), judgements)
+
+
+def _load_beir_hub(dataset_id: str, split: str) -> BeirData:
+    """The BEIR layout on the Hugging Face Hub, read with ``datasets``."""
+    from datasets import load_dataset
+
+    try:
+        corpus = load_dataset(dataset_id, "corpus", split="corpus")
+        queries = load_dataset(dataset_id, "queries", split="queries")
+        judgements = load_dataset(f"{dataset_id}-qrels", split=split)
+    except Exception as error:  # datasets raises many kinds (offline, missing config, missing split)
+        raise ValueError(
+            f"Could not load the BEIR dataset {dataset_id!r} (split {split!r}) from the Hugging Face Hub: {error}. "
+            "Pass a local BEIR folder instead (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."
+        ) from error
+    return _beir_data(corpus, queries, judgements)
+
+
+def _beir_data(corpus: Iterable[dict], queries: Iterable[dict], judgements: Iterable[dict]) -> BeirData:
+    relevant: dict[str, set[str]] = {}
+    for row in judgements:
+        if int(row["score"]) > 0:
+            relevant.setdefault(str(row["query-id"]), set()).add(str(row["corpus-id"]))
+    return BeirData(
+        corpus={str(d["_id"]): (d.get("title", "") + " " + d["text"]).strip() for d in corpus},
+        queries={str(q["_id"]): q["text"] for q in queries if str(q["_id"]) in relevant},
+        relevant=relevant,
+    )
 
 
 def fingerprint(model: SentenceTransformer, corpus: dict[str, str]) -> str:
@@ -113,3 +143,21 @@ def evaluate_retrieval(
         "mrr@10": scores["cosine_mrr@10"],
         "recall@100": scores["cosine_recall@100"],
     }
+
+
+def evaluate(
+    model: SentenceTransformer | AsymmetricPair,
+    data: BeirData,
+    *,
+    document_model: SentenceTransformer | None = None,
+    cache_dir: str | os.PathLike | None = DEFAULT_CACHE,
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Score a pair (its query model against its document model) or a query model (against ``document_model``,
+    by default itself); the document embeddings come from the cache when the same model and corpus made them."""
+    if isinstance(model, AsymmetricPair):
+        query_model, document_model = model.query_model, document_model or model.document_model
+    else:
+        query_model, document_model = model, document_model or model
+    corpus_embeddings = document_embeddings(document_model, data.corpus, cache_dir=cache_dir, batch_size=batch_size)
+    return evaluate_retrieval(query_model, data, corpus_embeddings, batch_size=batch_size)

@@ -163,9 +163,9 @@ def test_align_under_torchrun_with_two_cpu_processes(tmp_path: Path) -> None:
 
 def test_recipe_defaults_depend_on_the_kept_layer_count(tmp_path: Path) -> None:
     model = tiny_model(tmp_path / "m")
-    one = kale_st.align(model, QUERIES, layers=1, max_steps=1, batch_size=8).metadata
-    two = kale_st.align(model, QUERIES, layers=2, max_steps=1, batch_size=8).metadata
-    mine = kale_st.align(model, QUERIES, layers=1, epochs=3, learning_rate=1e-4, max_steps=1, batch_size=8).metadata
-    assert (one["epochs"], one["learning_rate"]) == (40, 3e-3)
-    assert (two["epochs"], two["learning_rate"]) == (20, 1e-3)
-    assert (mine["epochs"], mine["learning_rate"]) == (3, 1e-4)
+    one = kale_st.align(model, QUERIES, layers=1, max_steps=1).metadata
+    two = kale_st.align(model, QUERIES, layers=2, max_steps=1).metadata
+    mine = kale_st.align(model, QUERIES, layers=1, epochs=3, learning_rate=1e-4, batch_size=8, max_steps=1).metadata
+    assert (one["epochs"], one["learning_rate"], one["batch_size"]) == (40, 3e-3, 32)
+    assert (two["epochs"], two["learning_rate"], two["batch_size"]) == (20, 1e-3, 64)
+    assert (mine["epochs"], mine["learning_rate"], mine["batch_size"]) == (3, 1e-4, 8)

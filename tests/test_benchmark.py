@@ -1,0 +1,35 @@
+"""kale_st.benchmark.query_latency on tiny models (structure and bookkeeping only: no timing assertions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SENTENCES, assert_same_state, state, tiny_model
+
+import kale_st
+from kale_st.benchmark import query_latency
+
+
+def test_query_latency_reports_every_model_against_the_first(tmp_path: Path) -> None:
+    teacher = tiny_model(tmp_path / "m")
+    student = kale_st.prune_layers(teacher, 1)
+    before = state(teacher)
+    results = query_latency({"teacher": teacher, "student": student}, SENTENCES * 3, batch_size=4, warmup=2)
+    assert list(results) == ["teacher", "student"]
+    for r in results.values():
+        assert 0 < r["forward_p50_ms"] and 0 < r["p50_ms"] <= r["p95_ms"] and r["queries_per_second"] > 0
+        assert r["threads"] == torch.get_num_threads() and r["queries"] == 12
+    assert results["teacher"]["speedup"] == results["teacher"]["forward_speedup"] == 1.0
+    t, s = results["teacher"], results["student"]
+    assert s["speedup"] == pytest.approx(t["p50_ms"] / s["p50_ms"])
+    assert s["throughput_speedup"] == pytest.approx(s["queries_per_second"] / t["queries_per_second"])
+    assert_same_state(before, teacher)
+
+
+def test_query_latency_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least one model"):
+        query_latency({}, SENTENCES)
+    with pytest.raises(ValueError, match="non-empty list of strings"):
+        query_latency({"m": tiny_model(tmp_path / "m")}, [])
