@@ -14,6 +14,19 @@ from torch import Tensor, nn
 DEFAULT_TEMPERATURE = 0.2
 
 
+#: BibTeX of the KALE paper (arXiv 2304.01016); also used by the model cards.
+KALE_CITATION = """
+@inproceedings{campos-etal-2023-quick,
+    title = "Quick Dense Retrievers Consume {KALE}: Post Training {K}ullback{L}eibler Alignment of Embeddings for Asymmetrical dual encoders",
+    author = "Campos, Daniel and Magnani, Alessandro and Zhai, ChengXiang",
+    booktitle = "Proceedings of The Fourth Workshop on Simple and Efficient Natural Language Processing (SustaiNLP)",
+    year = "2023",
+    publisher = "Association for Computational Linguistics",
+    url = "https://arxiv.org/abs/2304.01016",
+}
+"""
+
+
 class KALELoss(nn.Module):
     def __init__(
         self,
@@ -104,16 +117,7 @@ class KALELoss(nn.Module):
 
     @property
     def citation(self) -> str:
-        return """
-@inproceedings{campos-etal-2023-quick,
-    title = "Quick Dense Retrievers Consume {KALE}: Post Training {K}ullback{L}eibler Alignment of Embeddings for Asymmetrical dual encoders",
-    author = "Campos, Daniel and Magnani, Alessandro and Zhai, ChengXiang",
-    booktitle = "Proceedings of The Fourth Workshop on Simple and Efficient Natural Language Processing (SustaiNLP)",
-    year = "2023",
-    publisher = "Association for Computational Linguistics",
-    url = "https://arxiv.org/abs/2304.01016",
-}
-"""
+        return KALE_CITATION
 
 
 def kale_divergence(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,9 @@ from transformers import (
     RobertaConfig,
     XLMRobertaConfig,
 )
+
+from kale_st import AsymmetricPair, prune_layers, pruning_info
+from kale_st.align import query_encoder
 
 WORDS = "the a of and to in is for on with query document retrieval dense model layer fast slow cat dog".split()
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -107,3 +111,26 @@ def assert_same_state(before: dict[str, torch.Tensor], model: torch.nn.Module) -
     assert before.keys() == after.keys()
     for name, tensor in before.items():
         assert torch.equal(tensor, after[name]), name
+
+
+# Pairs and their model cards (test_pair.py, test_hub.py).
+EVALUATION = {
+    "dataset": "SciFact test",
+    "teacher": {"ndcg@10": 0.645, "mrr@10": 0.605, "recall@100": 0.925},
+    "student": {"ndcg@10": 0.634, "mrr@10": 0.598, "recall@100": 0.903},
+}
+LATENCY = {"teacher_ms": 8.1, "student_ms": 2.9, "speedup": 2.8, "threads": 2}
+
+
+def make_pair(model: SentenceTransformer, **metadata: object) -> AsymmetricPair:
+    """A pruned (not trained) student with the metadata ``align`` would record: fast and deterministic."""
+    student = prune_layers(query_encoder(model), 2)
+    recipe = {"loss": "KALELoss", "loss_config": {"temperature": 0.2}, "num_queries": 1234, "epochs": 20}
+    recipe |= {"batch_size": 64, "learning_rate": 0.001, "seed": 42, "training_steps": 400, "world_size": 1}
+    return AsymmetricPair(student, model, {**pruning_info(student), **recipe, **metadata})
+
+
+def python_block(card: str) -> str:
+    """The one Python code block of a model card."""
+    (code,) = re.findall(r"```python\n(.*?)```", card, re.S)
+    return code
