@@ -1,4 +1,4 @@
-"""The wheel ships the model-card templates and the py.typed marker; CI runs the README's test command."""
+"""The wheel ships the model-card templates and py.typed; CI runs the README test command; the README shows the results."""
 
 from __future__ import annotations
 
@@ -27,3 +27,8 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     command = next(line for line in ci.splitlines() if "pytest" in line)
     assert f"```bash\n{command}\n```" in readme
+
+
+def test_readme_shows_the_benchmark_table_it_cites() -> None:
+    table = (ROOT / "benchmarks" / "results" / "scifact_table.md").read_text()
+    assert table.startswith("| layers | model | nDCG@10") and table in (ROOT / "README.md").read_text()
