@@ -20,7 +20,7 @@ from sentence_transformers.sentence_transformer.losses import MSELoss
 from torch import nn
 
 from kale_st.loss import DEFAULT_TEMPERATURE, KALELoss
-from kale_st.pair import AsymmetricPair
+from kale_st.pair import AsymmetricPair, task_modules
 from kale_st.pruning import num_layers, prune_layers, pruning_info
 from kale_st.queries import QueriesLike, load_queries
 
@@ -150,13 +150,10 @@ def align(
 
 def query_encoder(model: SentenceTransformer) -> SentenceTransformer:
     """A standalone copy of the model's query encoder: the model itself, or a Router's query route."""
-    router = model[0] if len(model) and isinstance(model[0], Router) else None
-    if router is None:
+    if not len(model) or not isinstance(model[0], Router):
         return model
-    if "query" not in router.sub_modules:
-        raise ValueError(f"This Router has no 'query' route (routes: {list(router.sub_modules)}).")
-    modules = [*router.sub_modules["query"], *list(model)[1:]]
-    return SentenceTransformer(modules=copy.deepcopy(modules), device=str(model.device), prompts=model.prompts)
+    modules = copy.deepcopy(task_modules(model, "query"))
+    return SentenceTransformer(modules=modules, device=str(model.device), prompts=model.prompts)
 
 
 def _agreement(

@@ -86,8 +86,8 @@ class AsymmetricPair:
                 f"{self.document_model.truncate_dim}: set the same truncate_dim on both."
             )
         router = Router.for_query_document(
-            query_modules=copy.deepcopy(_route(self.query_model, "query")),
-            document_modules=copy.deepcopy(_route(self.document_model, "document")),
+            query_modules=copy.deepcopy(task_modules(self.query_model, "query")),
+            document_modules=copy.deepcopy(task_modules(self.document_model, "document")),
         )
         return SentenceTransformer(
             modules=[router],
@@ -179,7 +179,7 @@ class AsymmetricPair:
         (folder / "README.md").write_text(card, encoding="utf-8")
 
 
-def _route(model: SentenceTransformer, task: str) -> list[nn.Module]:
+def task_modules(model: SentenceTransformer, task: str) -> list[nn.Module]:
     """The modules ``model`` runs for ``task``: all of them, or a Router's route followed by the modules after it."""
     modules = list(model)
     if not modules or not isinstance(modules[0], Router):
