@@ -29,7 +29,7 @@ from sentence_transformers import SentenceTransformer
 import kale_st
 from kale_st.align import LOSSES
 from kale_st.benchmark import query_latency
-from kale_st.evaluation import document_embeddings, evaluate_retrieval, load_beir
+from kale_st.evaluation import DEFAULT_CACHE, document_embeddings, evaluate_retrieval, load_beir
 from kale_st.loss import DEFAULT_TEMPERATURE
 
 HERE = Path(__file__).parent
@@ -57,7 +57,7 @@ def main() -> None:
     teacher = SentenceTransformer(args.model, device="cpu")
     test = load_beir(args.data, "test")
     train_queries = list(load_beir(args.data, "train").queries.values())
-    docs = document_embeddings(teacher, test.corpus, cache_dir=".cache/kale_st")
+    docs = document_embeddings(teacher, test.corpus, cache_dir=DEFAULT_CACHE)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     print(f"machine: {machine}\nalign on {len(train_queries)} train queries, evaluate on {len(test.queries)} test queries")
 

@@ -62,14 +62,14 @@ def query_latency(
             "p95_ms": 1000 * float(np.percentile(encode[name], 95)),
             "forward_p50_ms": 1000 * float(np.percentile(forward[name], 50)),
             "queries_per_second": len(queries) / batched[name],
+            "threads": torch.get_num_threads(),
+            "queries": len(queries),
         }
     for name in names:
         r, b = results[name], results[base]
         r["speedup"] = b["p50_ms"] / r["p50_ms"]
         r["forward_speedup"] = b["forward_p50_ms"] / r["forward_p50_ms"]
         r["throughput_speedup"] = r["queries_per_second"] / b["queries_per_second"]
-        r["threads"] = torch.get_num_threads()
-        r["queries"] = len(queries)
     return results
 
 
