@@ -7,10 +7,22 @@ Example:
 """
 
 from kale_st.align import align
+from kale_st.asymmetric import asymmetric, freeze_route, router_mapping
 from kale_st.loss import KALELoss
 from kale_st.pair import AsymmetricPair
 from kale_st.pruning import num_layers, prune_layers, pruning_info
 from kale_st.strategies import STRATEGIES
 
 __version__ = "0.1.0"
-__all__ = ["STRATEGIES", "AsymmetricPair", "KALELoss", "align", "num_layers", "prune_layers", "pruning_info"]
+__all__ = [
+    "STRATEGIES",
+    "AsymmetricPair",
+    "KALELoss",
+    "align",
+    "asymmetric",
+    "freeze_route",
+    "num_layers",
+    "prune_layers",
+    "pruning_info",
+    "router_mapping",
+]

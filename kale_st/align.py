@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import tempfile
@@ -14,13 +13,12 @@ import numpy as np
 import torch
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-from sentence_transformers.base.modules import Router
 from sentence_transformers.sentence_transformer.evaluation import MSEEvaluator
 from sentence_transformers.sentence_transformer.losses import MSELoss
 from torch import nn
 
 from kale_st.loss import DEFAULT_TEMPERATURE, KALELoss
-from kale_st.pair import AsymmetricPair, task_modules
+from kale_st.pair import AsymmetricPair, task_model
 from kale_st.pruning import num_layers, prune_layers, pruning_info
 from kale_st.queries import QueriesLike, load_queries
 
@@ -140,7 +138,8 @@ def align(
     if held_out:
         metadata["agreement"] = {"before": before, "after": _agreement(teacher, student, held_out, batch_size)}
         logger.info("Student-teacher agreement on %d held-out queries: %s", len(held_out), metadata["agreement"])
-    pair = AsymmetricPair(query_model=student, document_model=model, metadata=metadata)
+    # A Router model's document route becomes a plain document model: the pair saves and loads as two plain models.
+    pair = AsymmetricPair(query_model=student, document_model=task_model(model, "document"), metadata=metadata)
     if output_dir is not None:
         if trainer.accelerator.is_main_process:
             pair.save(output_dir)
@@ -150,10 +149,7 @@ def align(
 
 def query_encoder(model: SentenceTransformer) -> SentenceTransformer:
     """A standalone copy of the model's query encoder: the model itself, or a Router's query route."""
-    if not len(model) or not isinstance(model[0], Router):
-        return model
-    modules = copy.deepcopy(task_modules(model, "query"))
-    return SentenceTransformer(modules=modules, device=str(model.device), prompts=model.prompts)
+    return task_model(model, "query")
 
 
 def _agreement(

@@ -135,6 +135,14 @@ class AsymmetricPair:
             metadata=json.loads((folder / METADATA_FILE).read_text()),
         )
 
+    @classmethod
+    def from_router(cls, model: SentenceTransformer, metadata: dict[str, Any] | None = None) -> AsymmetricPair:
+        """Split a query/document Router model (for example from :func:`kale_st.asymmetric`) into a pair of plain
+        models: copies of its ``query`` and ``document`` routes, each followed by the modules after the Router."""
+        if not len(model) or not isinstance(model[0], Router):
+            raise ValueError("from_router expects a Router model (see kale_st.asymmetric); this model has no Router.")
+        return cls(task_model(model, "query"), task_model(model, "document"), dict(metadata or {}))
+
     def push_to_hub(
         self,
         query_repo_id: str,
@@ -177,6 +185,21 @@ class AsymmetricPair:
                 logger.warning("metadata['plot'] = %r is not a file: the %s card shows no plot.", plot, kind)
         card = pair_model_card(self, model, kind, links, plot=shown)
         (folder / "README.md").write_text(card, encoding="utf-8")
+
+
+def task_model(model: SentenceTransformer, task: str) -> SentenceTransformer:
+    """A standalone model for ``task`` (``query`` or ``document``): ``model`` itself, or for a Router model a new plain
+    SentenceTransformer holding copies of that route and the modules after it."""
+    if not len(model) or not isinstance(model[0], Router):
+        return model
+    return SentenceTransformer(
+        modules=copy.deepcopy(task_modules(model, task)),
+        device=str(model.device),
+        prompts=model.prompts,
+        default_prompt_name=model.default_prompt_name,
+        similarity_fn_name=model.similarity_fn_name,
+        truncate_dim=model.truncate_dim,
+    )
 
 
 def task_modules(model: SentenceTransformer, task: str) -> list[nn.Module]:
