@@ -74,8 +74,9 @@ def query_latency(
 
 
 def _features(model: SentenceTransformer, query: str) -> dict[str, torch.Tensor]:
-    """Tokenized batch-1 input for the forward pass, with the query prompt that ``encode_query`` applies."""
-    features = model.preprocess([query], prompt=model.prompts.get("query") or None)
+    """Tokenized batch-1 input for the forward pass, with the query prompt and task that ``encode_query`` applies
+    (the task picks a Router model's query route)."""
+    features = model.preprocess([query], prompt=model.prompts.get("query") or None, task="query")
     return {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
 
 

@@ -33,3 +33,15 @@ def test_query_latency_bad_input(tmp_path: Path) -> None:
         query_latency({}, SENTENCES)
     with pytest.raises(ValueError, match="non-empty list of strings"):
         query_latency({"m": tiny_model(tmp_path / "m")}, [])
+
+
+def test_forward_timing_of_a_router_model_runs_its_query_route(tmp_path: Path) -> None:
+    from kale_st.benchmark import _features
+
+    model = kale_st.asymmetric(tiny_model(tmp_path / "m"), query_layers=1)
+    calls = {"query": 0, "document": 0}
+    for route in calls:
+        model[0].sub_modules[route][0].register_forward_hook(lambda *_, r=route: calls.__setitem__(r, calls[r] + 1))
+    with torch.inference_mode():
+        model(_features(model, "the cat"))
+    assert calls == {"query": 1, "document": 0}
