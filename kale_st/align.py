@@ -20,7 +20,7 @@ from torch import nn
 from kale_st.loss import DEFAULT_TEMPERATURE, KALELoss
 from kale_st.pair import AsymmetricPair, task_model
 from kale_st.pruning import num_layers, prune_layers, pruning_info
-from kale_st.queries import QueriesLike, load_queries
+from kale_st.queries import CorpusLike, QueriesLike, load_corpus, load_queries, pseudo_queries
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +32,16 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
 #: Training recipe by number of kept layers, measured on SciFact (README): one layer needs a hotter, longer run.
 RECIPES: dict[int, dict[str, float]] = {1: {"epochs": 40, "learning_rate": 3e-3, "batch_size": 32}}
 DEFAULT_RECIPE: dict[str, float] = {"epochs": 20, "learning_rate": 1e-3, "batch_size": 64}
+#: How many pseudo-queries ``align(model, corpus=...)`` makes by default.
+DEFAULT_PSEUDO_QUERIES = 1000
 
 
 def align(
     model: SentenceTransformer,
-    queries: QueriesLike,
+    queries: QueriesLike | None = None,
     *,
+    corpus: CorpusLike | None = None,
+    num_pseudo_queries: int = DEFAULT_PSEUDO_QUERIES,
     layers: int | list[int] = 2,
     strategy: str = "spread",
     loss: str = "kale",
@@ -57,15 +61,21 @@ def align(
         model: A trained SentenceTransformer (teacher and document encoder at once), or a query/document
             ``Router`` model (its query route is the teacher, its document route is kept). Never modified.
         queries: Alignment queries: a list of strings, a ``datasets.Dataset`` or a text/JSONL file path.
+        corpus: Instead of ``queries`` (label-free alignment): documents to cut pseudo-queries from
+            (:func:`kale_st.pseudo_queries`), ideally those the document encoder indexed: a list of strings, a dict
+            id -> text, a Dataset, a text/JSONL file or a BEIR folder.
+        num_pseudo_queries: How many pseudo-queries to make from ``corpus`` (seeded by ``seed``).
         layers: Layers the student keeps: a count (picked by ``strategy``) or exact indices.
-        strategy: Layer-selection strategy (see :data:`kale_st.STRATEGIES`).
+        strategy: Layer-selection strategy (see :data:`kale_st.STRATEGIES`); ``search`` measures candidate
+            layer sets on a sample of the alignment queries.
         loss: ``"kale"`` (:class:`KALELoss`) or ``"mse"`` (sentence-transformers' ``MSELoss``).
         temperature: :class:`KALELoss` softmax temperature.
         epochs, learning_rate, batch_size: Training recipe; ``None`` takes :data:`RECIPES` for the kept layer
             count (1 layer: 40 epochs at 3e-3, batch 32), else :data:`DEFAULT_RECIPE` (20 epochs at 1e-3, batch 64).
         seed: Seed of the Trainer (same seed, same student on CPU).
         eval_queries: Held-out queries: student-teacher MSE and cosine are reported before and after.
-        query_column: Text column of a Dataset/JSONL ``queries`` (default ``query``, ``text`` or ``sentence``).
+        query_column: Text column of a Dataset/JSONL ``queries`` (default ``query``, ``text`` or ``sentence``) or
+            ``corpus`` (default ``text``).
         output_dir: If set, the pair is saved there (``query/``, ``document/``, ``kale_pair.json``).
         **training_args: Extra ``SentenceTransformerTrainingArguments`` (for example ``max_steps``).
 
@@ -76,16 +86,28 @@ def align(
         >>> pair = kale_st.align(SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2"), queries)  # doctest: +SKIP
         >>> pair.encode_query(["is pruning lossless?"]).shape  # doctest: +SKIP
         (1, 384)
+        >>> pair = kale_st.align(model, corpus="benchmarks/data/scifact")  # no queries: pseudo-queries  # doctest: +SKIP
     """
     if loss not in LOSSES:
         raise ValueError(f"Unknown loss {loss!r}: use one of {sorted(LOSSES)}.")
-    texts = load_queries(queries, query_column)
+    if (queries is None) == (corpus is None):
+        raise ValueError(
+            "align needs queries=... or, without queries, corpus=... (the documents to make pseudo-queries from)"
+            + (", not both." if queries is not None else ".")
+        )
+    if queries is not None:
+        texts, source = load_queries(queries, query_column), {"query_source": "queries"}
+    else:
+        documents = load_corpus(corpus, query_column)
+        texts = pseudo_queries(documents, num_pseudo_queries, seed=seed)
+        source = {"query_source": "pseudo", "corpus_documents": len(documents)}
+        logger.info("Made %d pseudo-queries from %d corpus documents.", len(texts), len(documents))
     held_out = load_queries(eval_queries, query_column) if eval_queries is not None else None
     if output_dir is not None and Path(output_dir).exists() and any(Path(output_dir).iterdir()):
         raise ValueError(f"output_dir {str(output_dir)!r} exists and is not empty: pass a new or empty folder.")
 
     teacher = query_encoder(model)
-    student = prune_layers(teacher, layers, strategy=strategy)
+    student = prune_layers(teacher, layers, strategy=strategy, queries=texts)
     recipe = RECIPES.get(num_layers(student), DEFAULT_RECIPE)
     epochs = recipe["epochs"] if epochs is None else epochs
     learning_rate = recipe["learning_rate"] if learning_rate is None else learning_rate
@@ -124,8 +146,10 @@ def align(
         "num_layers": info["num_layers"],
         "kept_layers": info["kept_layers"],
         "strategy": info["strategy"],
+        **({"layer_search": info["search"]} if "search" in info else {}),
         "loss": type(train_loss).__name__,
         "loss_config": train_loss.get_config_dict() if hasattr(train_loss, "get_config_dict") else {},
+        **source,
         "num_queries": len(texts),
         "epochs": epochs,
         "batch_size": batch_size,

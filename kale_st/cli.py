@@ -30,13 +30,13 @@ from huggingface_hub.utils import logging as hub_logging
 from sentence_transformers import SentenceTransformer
 
 import kale_st
-from kale_st.align import DEFAULT_RECIPE, LOSSES, RECIPES, align, query_encoder
+from kale_st.align import DEFAULT_PSEUDO_QUERIES, DEFAULT_RECIPE, LOSSES, RECIPES, align, query_encoder
 from kale_st.benchmark import query_latency
 from kale_st.evaluation import DEFAULT_CACHE, BeirData, document_embeddings, evaluate_retrieval, load_beir
 from kale_st.loss import DEFAULT_TEMPERATURE
 from kale_st.pair import METADATA_FILE, AsymmetricPair
 from kale_st.pruning import prune_layers, pruning_info
-from kale_st.queries import load_queries
+from kale_st.queries import load_corpus, load_queries
 from kale_st.strategies import STRATEGIES
 
 PROG = "kale-st"
@@ -174,6 +174,14 @@ def _check_output(folder: str, overwrite: bool) -> None:
 # ------------------------------------------------------------------------------------------------- printing
 
 
+def _check_onnx(wanted: bool) -> None:
+    """With ``--onnx``, fail before any work when the ``onnx`` extra is missing."""
+    if wanted:
+        from kale_st.onnx import require_onnx
+
+        require_onnx()
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     """A plain-text table, the first column left-aligned, the others right-aligned."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -233,7 +241,8 @@ def _latency_record(latency: dict[str, dict[str, float]], teacher: str, student:
 
 def _record(pair: AsymmetricPair, folder: str) -> None:
     """Rewrite a saved pair with its updated metadata (``kale_pair.json`` and the model cards)."""
-    pair.save(folder, overwrite=True, router=(Path(folder) / "router").is_dir())
+    saved = Path(folder)
+    pair.save(folder, overwrite=True, router=(saved / "router").is_dir(), onnx=(saved / "query" / "onnx").is_dir())
     print(f"recorded in {Path(folder) / METADATA_FILE} and the model cards")
 
 
@@ -243,8 +252,9 @@ def _record(pair: AsymmetricPair, folder: str) -> None:
 def prune(args: argparse.Namespace) -> None:
     """``kale_st.prune_layers``: save a copy of the model that keeps some of its layers."""
     _check_output(args.output, args.overwrite)
+    queries = _queries(args.queries, "train", None, None) if args.queries else None
     model = _load_model(args.model)
-    pruned = prune_layers(model, args.layers, strategy=args.strategy, route=args.route)
+    pruned = prune_layers(model, args.layers, strategy=args.strategy, route=args.route, queries=queries)
     if Path(args.output).exists():
         shutil.rmtree(args.output)
     pruned.save(args.output)
@@ -255,11 +265,21 @@ def prune(args: argparse.Namespace) -> None:
 def align_command(args: argparse.Namespace) -> None:
     """``kale_st.align``: prune the query encoder and align it to the original on queries; save the pair."""
     _check_output(args.output, args.overwrite)
-    queries = _queries(args.queries, args.split, args.query_column, args.max_queries)
-    model = _load_model(args.model)
-    _say(f"aligning on {len(queries)} queries ...")
-    pair = align(model, queries, loss=args.loss, **_alignment(args))
-    pair.save(args.output, overwrite=args.overwrite, router=args.router)
+    _check_onnx(args.onnx)
+    if args.corpus is not None:
+        if args.max_queries:
+            raise ValueError("--max-queries applies to --queries; with --corpus, --pseudo-queries sets how many")
+        documents = load_corpus(args.corpus, args.query_column)
+        model = _load_model(args.model)
+        _say(f"aligning on up to {args.pseudo_queries} pseudo-queries from {len(documents)} documents ...")
+        pair = align(model, corpus=documents, num_pseudo_queries=args.pseudo_queries, loss=args.loss,
+                     **_alignment(args))
+    else:
+        queries = _queries(args.queries, args.split, args.query_column, args.max_queries)
+        model = _load_model(args.model)
+        _say(f"aligning on {len(queries)} queries ...")
+        pair = align(model, queries, loss=args.loss, **_alignment(args))
+    pair.save(args.output, overwrite=args.overwrite, router=args.router, onnx=args.onnx)
     meta = pair.metadata
     print(
         f"kept layers {meta['kept_layers']} of {meta['num_layers']}, {meta['training_steps']} steps "
@@ -335,6 +355,7 @@ def push(args: argparse.Namespace) -> None:
         token=token,
         create_pr=args.create_pr,
         revision=args.revision,
+        onnx=(Path(args.pair) / "query" / "onnx").is_dir(),
     )
     for kind, commit in commits.items():
         print(f"{kind}: {commit.pr_url or commit.commit_url}")
@@ -343,6 +364,7 @@ def push(args: argparse.Namespace) -> None:
 def demo(args: argparse.Namespace) -> None:
     """Align a small query encoder on a BEIR train split; score teacher, pruned-only and KALE; time; save."""
     _check_output(args.output, args.overwrite)
+    _check_onnx(args.onnx)
     source, name = _data(args.data)
     train_queries = list(load_beir(source, "train").queries.values())[: args.max_queries]
     test, dataset = _first_queries(load_beir(source, "test"), args.eval_queries, name, "test")
@@ -351,7 +373,7 @@ def demo(args: argparse.Namespace) -> None:
 
     _say(f"encoding {len(test.corpus)} documents with the teacher (cached in {args.cache_dir}) ...")
     corpus = document_embeddings(model, test.corpus, cache_dir=args.cache_dir)
-    pruned = prune_layers(teacher, args.layers, strategy=args.strategy)
+    pruned = prune_layers(teacher, args.layers, strategy=args.strategy, queries=train_queries)
     _say(f"aligning {pruning_info(pruned)['kept_layers']} on {len(train_queries)} {name} train queries ...")
     pair = align(model, train_queries, loss="kale", **_alignment(args))
     _say(f"scoring {len(test.queries)} {name} test queries ...")
@@ -368,7 +390,7 @@ def demo(args: argparse.Namespace) -> None:
         "student": _rounded(scores["KALE student"]),
     }
     meta["latency"] = _latency_record(latency, "teacher", "KALE student")
-    pair.save(args.output, overwrite=args.overwrite, router=args.router)
+    pair.save(args.output, overwrite=args.overwrite, router=args.router, onnx=args.onnx)
 
     print(
         f"\n{meta['source_model']}: {meta['num_layers']} -> {len(meta['kept_layers'])} query layers "
@@ -437,6 +459,11 @@ def _recipe_help(key: str) -> str:
     return f"default: {DEFAULT_RECIPE[key]:g}" + (f" ({special})" if special else "")
 
 
+def _add_onnx(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--onnx", action="store_true", help="also save query/onnx/: the query model in ONNX, float32 "
+                        "and int8 for this CPU (kale_st.onnx; pip install \"kale_st[onnx]\")")
+
+
 def _add_output(parser: argparse.ArgumentParser, default: str | None) -> None:
     if default is None:
         parser.add_argument("--output", required=True, help="folder to write (new or empty)")
@@ -445,12 +472,19 @@ def _add_output(parser: argparse.ArgumentParser, default: str | None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace the contents of an existing --output")
 
 
-def _add_queries(parser: argparse.ArgumentParser, split: str, required: bool = True) -> None:
-    parser.add_argument(
-        "--queries", required=required,
+def _add_queries(parser: argparse.ArgumentParser, split: str, required: bool = True, corpus: bool = False) -> None:
+    """``--queries`` and its options; with ``corpus``, ``--corpus`` (pseudo-queries) may replace ``--queries``."""
+    source = parser.add_mutually_exclusive_group(required=True) if corpus else parser
+    source.add_argument(
+        "--queries", required=required and not corpus,
         help="a text file (one query a line), a JSONL file, a BEIR folder or a Hugging Face dataset id"
         + ("" if required else "; default: the bundled SciFact"),
     )
+    if corpus:
+        source.add_argument("--corpus", help="no queries: make pseudo-queries from these documents (a text file, one "
+                            "document a line; a JSONL file; or a BEIR folder's corpus.jsonl)")
+        parser.add_argument("--pseudo-queries", type=_positive(int), default=DEFAULT_PSEUDO_QUERIES,
+                            help="with --corpus: how many pseudo-queries to make; default %(default)s")
     parser.add_argument("--split", default=split, help="split of a BEIR folder or dataset; default %(default)s")
     parser.add_argument("--query-column", help="text column of a JSONL file or dataset (default: query, text or "
                         "sentence)")
@@ -498,6 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(sub)
     sub.add_argument("--layers", type=_layers, required=True, help="a count (2) or indices (0,5)")
     sub.add_argument("--strategy", choices=sorted(STRATEGIES), default="spread", help="default %(default)s")
+    sub.add_argument("--queries", help="queries that --strategy search measures layers on: a text/JSONL file, a BEIR "
+                     "folder (train split) or a Hugging Face dataset id")
     sub.add_argument("--route", help="for a Router model: the route to prune (for example query); default: all")
     _add_output(sub, None)
 
@@ -507,14 +543,17 @@ def build_parser() -> argparse.ArgumentParser:
         "Prune a copy of the query encoder and align it to the original on queries; save the pair.",
         "kale-st align --model default --queries benchmarks/data/scifact --layers 2 --output kale-out",
         "kale-st align --model my-model --queries queries.txt --layers 3 --epochs 10",
-        details="The document encoder is the model itself, unchanged (kale_st.align). Writes query/, document/ "
+        "kale-st align --model default --corpus benchmarks/data/scifact --pseudo-queries 1000  # no queries",
+        details="The document encoder is the model itself, unchanged (kale_st.align). Without queries, --corpus makes "
+        "pseudo-queries from the documents (kale_st.pseudo_queries). Writes query/, document/ "
         "and kale_pair.json with model cards.",
     )
     _add_model(sub)
-    _add_queries(sub, split="train")
+    _add_queries(sub, split="train", corpus=True)
     _add_alignment(sub)
     sub.add_argument("--loss", choices=sorted(LOSSES), default=ALIGN_DEFAULTS["loss"], help="default %(default)s")
     sub.add_argument("--router", action="store_true", help="also save router/: one model for both sides")
+    _add_onnx(sub)
     _add_output(sub, DEFAULT_OUTPUT)
 
     sub = command(
@@ -557,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
         "HF_TOKEN=hf_... kale-st push --pair kale-out --query-repo me/minilm-kale-2l --document-repo me/minilm-docs",
         "kale-st push --pair kale-out --query-repo me/minilm-kale-2l --router-repo me/minilm-kale-router",
         details="Without --document-repo the cards point at the source model on the Hub, which must be a Hub id "
-        "(AsymmetricPair.push_to_hub). The token is never printed.",
+        "(AsymmetricPair.push_to_hub). A pair saved with --onnx uploads its ONNX files too. The token is never "
+        "printed.",
     )
     sub.add_argument("--pair", default=DEFAULT_OUTPUT, help="saved pair folder; default %(default)s")
     sub.add_argument("--query-repo", required=True, help="repo of the query encoder, namespace/name")
@@ -585,6 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--max-queries", type=_positive(int), help="align on only the first N train queries")
     sub.add_argument("--eval-queries", type=_positive(int), help="score and time only the first N test queries")
     sub.add_argument("--router", action="store_true", help="also save router/: one model for both sides")
+    _add_onnx(sub)
     _add_output(sub, DEFAULT_OUTPUT)
     return parser
 
@@ -611,7 +652,7 @@ def main(argv: list[str] | None = None) -> None:
     _quiet_libraries(args.verbose)
     try:
         args.function(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, ImportError) as error:
         if args.verbose:
             logging.getLogger(__name__).exception("the command failed")
         _fail(str(error) or type(error).__name__)

@@ -33,6 +33,7 @@ def push_to_hub(
     token: str | None = None,
     create_pr: bool = False,
     revision: str | None = None,
+    onnx: bool | str = False,
 ) -> dict[str, CommitInfo]:
     """Create the repos and upload the pair: the query encoder, the document encoder, optionally the router model.
 
@@ -55,6 +56,8 @@ def push_to_hub(
         token: Hub token; ``None`` uses the logged-in one (``huggingface_hub.get_token()``). Never written anywhere.
         create_pr: Open a pull request in each repo instead of committing to ``main``.
         revision: Branch to commit to (created if missing); not with ``create_pr``.
+        onnx: Also upload the query encoder's ONNX files (``onnx/``, as :meth:`AsymmetricPair.save` with ``onnx``
+            writes them; needs ``pip install "kale_st[onnx]"``).
 
     Returns:
         The ``CommitInfo`` of each upload (``commit_url``, ``oid``, ``pr_url``, ``repo_url``), keyed ``document``,
@@ -71,6 +74,10 @@ def push_to_hub(
         )
     if create_pr and revision not in (None, "main"):
         raise ValueError("create_pr=True opens pull requests against main: leave revision unset.")
+    if onnx:
+        from kale_st.onnx import require_onnx
+
+        require_onnx()
     document_id, document_revision = document_repo(pair, document_repo_id)
     named = {"document": document_repo_id, "query": query_repo_id, "router": router_repo_id}
     repos = {kind: repo_id for kind, repo_id in named.items() if repo_id}  # the document first
@@ -97,7 +104,7 @@ def push_to_hub(
     with tempfile.TemporaryDirectory(prefix="kale-push-") as scratch:
         for kind, repo_id in repos.items():
             folder = Path(scratch) / kind
-            pair._write(kind, folder, links)
+            pair._write(kind, folder, links, onnx=onnx)
             commits[kind] = api.upload_folder(
                 repo_id=repo_id,
                 folder_path=folder,

@@ -112,6 +112,9 @@ class KALEModelCardData(SentenceTransformerModelCardData):
         data["query_repo"] = self.links.get("query") or self.model_id or "path/to/this/model"
         data["document_repo"] = self.links.get("document") or (source if is_hub_id(source) else "path/to/source/model")
         data["example"] = {"query": repr(_EXAMPLE_QUERY), "documents": [repr(d) for d in _EXAMPLE_DOCUMENTS]}
+        onnx = self.kale.get("onnx") or {}
+        if onnx.get("latency"):
+            data["onnx_rows"] = _onnx_rows(onnx)
         evaluation = self.kale.get("evaluation")
         if evaluation:
             data["evaluation_rows"] = _evaluation_rows(evaluation)
@@ -143,13 +146,16 @@ def pair_model_card(
     kind: str,
     links: dict[str, str | None],
     plot: str | None = None,
+    onnx: dict[str, Any] | None = None,
 ) -> str:
     """The README.md of one repo of ``pair``: ``model`` is its query model, document model or router model.
 
-    ``links`` are the repo ids (see :class:`KALEModelCardData`); ``plot`` the plot's file name in the repo, if any.
+    ``links`` are the repo ids (see :class:`KALEModelCardData`); ``plot`` the plot's file name in the repo, if any;
+    ``onnx`` the repo's ONNX files (``AsymmetricPair.metadata["onnx"]``), if it has them: the query card then shows
+    how to run them and their latency, and the repo is tagged ``onnx``.
     """
     own = model.model_card_data
-    kale = {**getattr(pair.query_model.model_card_data, "kale", {}), **pair.metadata, "plot": plot}
+    kale = {**getattr(pair.query_model.model_card_data, "kale", {}), **pair.metadata, "plot": plot, "onnx": onnx}
     scores = pair.similarity(
         pair.encode_query([_EXAMPLE_QUERY], convert_to_tensor=True, show_progress_bar=False),
         pair.encode_document(_EXAMPLE_DOCUMENTS, convert_to_tensor=True, show_progress_bar=False),
@@ -170,7 +176,7 @@ def pair_model_card(
     # model as it is, so only the latest scores.
     latest = {(type(e), getattr(e, "name", None)): (e, m) for e, m in (card.eval_results_dict or {}).items()}
     card.eval_results_dict = dict(latest.values())
-    card.add_tags(list(own.tags or []))
+    card.add_tags(list(own.tags or []) + (["onnx"] if onnx else []))
     if kind in RELATIONS:
         card.base_model = _base_model(card.kale.get("source_model"), links)
     card.register_model(model)
@@ -245,6 +251,27 @@ def _evaluation_rows(evaluation: dict[str, Any]) -> list[dict[str, str]]:
             }
         )
     return rows
+
+
+def _onnx_rows(onnx: dict[str, Any]) -> list[dict[str, str]]:
+    """Rows of the query card's runtime table from ``metadata["onnx"]["latency"]`` (one run, batch-1 p50)."""
+    latency = onnx["latency"]
+    runtimes = {
+        "teacher_ms": "teacher (source model), PyTorch",
+        "student_ms": "this model, PyTorch",
+        "fp32_ms": f"this model, ONNX Runtime float32 (`{onnx.get('fp32', 'onnx/model.onnx')}`)",
+        "int8_ms": f"this model, ONNX Runtime int8 (`{onnx.get('int8', '-')}`)",
+    }
+    teacher = latency.get("teacher_ms")
+    return [
+        {
+            "runtime": label,
+            "ms": f"{latency[key]:.1f} ms",
+            "speedup": f"{teacher / latency[key]:.2f}x" if teacher and latency[key] else "-",
+        }
+        for key, label in runtimes.items()
+        if latency.get(key) is not None
+    ]
 
 
 def _eval_results(evaluation: dict[str, Any]) -> list[EvalResult]:

@@ -47,6 +47,11 @@ class AsymmetricPair:
       "student": {...}}``; the student's scores are those of its queries against the document encoder's documents.
     - ``latency``: query encoding, ``{"teacher_ms": .., "student_ms": .., "speedup": .., "threads": ..}``.
     - ``plot``: path of an image; copied into the query and router folders and shown in their cards.
+    - ``onnx``: the ONNX files of ``query/`` (:meth:`save` with ``onnx=True`` sets it, and drops it without):
+      ``{"fp32": "onnx/model.onnx", "int8": "onnx/model_quint8_avx2.onnx", "quantization": "avx2"}``, optionally
+      with ``"latency"``: batch-1 ``encode_query`` p50 from one run, ``{"teacher_ms": .., "student_ms": ..,
+      "fp32_ms": .., "int8_ms": .., "threads": ..}`` (torch teacher, torch student, ONNX float32, ONNX int8),
+      shown in the query card.
 
     Example:
         >>> pair = kale_st.align(model, queries)  # doctest: +SKIP
@@ -97,13 +102,23 @@ class AsymmetricPair:
             truncate_dim=self.document_model.truncate_dim,
         )
 
-    def save(self, path: str | os.PathLike, overwrite: bool = False, router: bool = False) -> None:
+    def save(
+        self, path: str | os.PathLike, overwrite: bool = False, router: bool = False, onnx: bool | str = False
+    ) -> None:
         """Write ``query/`` and ``document/`` (plain sentence-transformers folders), ``kale_pair.json`` and, with
         ``router=True``, ``router/`` (:meth:`to_router`). Each model folder has its model card as ``README.md``,
         which names the other folders as ``<folder name>/query`` etc. until :meth:`push_to_hub` sets repo ids.
 
+        With ``onnx=True`` (or a quantization config, see :data:`kale_st.onnx.QUANTIZATIONS`; needs ``pip install
+        "kale_st[onnx]"``), ``query/`` also gets ``onnx/model.onnx`` and its int8 version for this CPU, recorded in
+        ``metadata["onnx"]`` and shown in the query card; load them with :func:`kale_st.onnx.load_onnx`.
+
         The folder is written next to ``path`` and renamed into place, so a failed save leaves nothing behind.
         """
+        if onnx:
+            from kale_st.onnx import require_onnx
+
+            require_onnx()
         target = Path(path)
         if target.exists() and any(target.iterdir()) and not overwrite:
             raise ValueError(f"{str(target)!r} exists and is not empty: pass overwrite=True or a new folder.")
@@ -113,7 +128,7 @@ class AsymmetricPair:
         links = {kind: f"{target.resolve().name}/{kind}" for kind in kinds}
         try:
             for kind in kinds:
-                self._write(kind, scratch / kind, links)
+                self._write(kind, scratch / kind, links, onnx=onnx)
             (scratch / METADATA_FILE).write_text(json.dumps(self.metadata, indent=2, sort_keys=True) + "\n")
             if target.exists():
                 shutil.rmtree(target)
@@ -153,6 +168,7 @@ class AsymmetricPair:
         token: str | None = None,
         create_pr: bool = False,
         revision: str | None = None,
+        onnx: bool | str = False,
     ) -> dict[str, CommitInfo]:
         """Upload the pair as Hub model repos with linked cards: see :func:`kale_st.hub.push_to_hub`."""
         from kale_st.hub import push_to_hub
@@ -166,15 +182,28 @@ class AsymmetricPair:
             token=token,
             create_pr=create_pr,
             revision=revision,
+            onnx=onnx,
         )
 
     def _models(self) -> dict[str, SentenceTransformer]:
         return {"query": self.query_model, "document": self.document_model}
 
-    def _write(self, kind: str, folder: Path, links: dict[str, str | None]) -> None:
-        """Write the ``kind`` repo (``query``, ``document`` or ``router``) to ``folder``, with its model card."""
+    def _write(self, kind: str, folder: Path, links: dict[str, str | None], onnx: bool | str = False) -> None:
+        """Write the ``kind`` repo (``query``, ``document`` or ``router``) to ``folder``, with its model card; with
+        ``onnx``, the query repo gets its ONNX files and ``metadata["onnx"]`` is set (else dropped)."""
         model = self._models()[kind] if kind != "router" else self.to_router()
         model.save(str(folder), create_model_card=False)
+        onnx_files = None
+        if kind == "query":
+            if onnx:
+                from kale_st.onnx import write_onnx
+
+                files = write_onnx(model, folder, quantize="auto" if onnx is True else onnx)
+                latency = self.metadata.get("onnx", {}).get("latency")  # kept while it timed the same files
+                same = latency and self.metadata["onnx"].get("int8") == files.get("int8")
+                self.metadata["onnx"] = onnx_files = {**files, **({"latency": latency} if same else {})}
+            else:
+                self.metadata.pop("onnx", None)
         plot = self.metadata.get("plot")
         shown = None
         if plot and kind != "document":
@@ -183,7 +212,7 @@ class AsymmetricPair:
                 shutil.copyfile(plot, folder / shown)
             else:
                 logger.warning("metadata['plot'] = %r is not a file: the %s card shows no plot.", plot, kind)
-        card = pair_model_card(self, model, kind, links, plot=shown)
+        card = pair_model_card(self, model, kind, links, plot=shown, onnx=onnx_files)
         (folder / "README.md").write_text(card, encoding="utf-8")
 
 

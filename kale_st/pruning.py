@@ -21,7 +21,7 @@ from torch import nn
 
 from kale_st.architectures import find_layers
 from kale_st.model_card import KALEModelCardData
-from kale_st.strategies import select_layers
+from kale_st.strategies import LayerContext, select_layers
 
 #: Name of the Hugging Face config attribute that records how a model was pruned (survives save/load).
 LINEAGE_KEY = "kale_st_pruning"
@@ -35,16 +35,19 @@ def prune_layers(
     *,
     strategy: str = "spread",
     route: str | None = None,
+    queries: Sequence[str] | None = None,
 ) -> SentenceTransformer:
     """Return a copy of ``model`` that keeps only some of its transformer layers.
 
     Args:
         model: The model to prune. It is not modified.
         layers: How many layers to keep (chosen by ``strategy``) or the exact indices to keep.
-        strategy: A name in :data:`kale_st.strategies.STRATEGIES` (``spread``, ``bottom``, ``top``);
+        strategy: A name in :data:`kale_st.strategies.STRATEGIES` (``spread``, ``bottom``, ``top``, ``search``);
             ignored when ``layers`` lists indices.
         route: For a ``Router`` model, the route to prune (for example ``"query"``); ``None`` prunes
             every transformer in the model.
+        queries: Sample queries for a data-driven strategy (``search`` measures candidate layer sets on them);
+            ignored by the others.
 
     The copy starts with a fresh model card and records its lineage (source, original layer count,
     kept indices of the original) in the transformer config; read it with :func:`pruning_info`.
@@ -53,28 +56,46 @@ def prune_layers(
         >>> student = prune_layers(model, 2)                   # doctest: +SKIP
         >>> student = prune_layers(model, [0, 3, 5])           # doctest: +SKIP
         >>> asym = prune_layers(router_model, 2, route="query")  # doctest: +SKIP
+        >>> searched = prune_layers(model, 2, strategy="search", queries=train_queries[:256])  # doctest: +SKIP
     """
     if not isinstance(model, SentenceTransformer):
         raise ValueError(f"prune_layers expects a SentenceTransformer, got {type(model).__name__}.")
-    plans = [(path, _kept_indices(module, layers, strategy)) for path, module in _transformer_modules(model, route)]
+    context = LayerContext(model, queries, route)
+    modules = _transformer_modules(model, route)
+    plans = [(path, _kept_indices(module, layers, strategy, context)) for path, module in modules]
     pruned = copy.deepcopy(model)
-    for path, keep in plans:
-        module = pruned.get_submodule(path)
-        if route is not None and _is_shared(pruned, path, module):
-            module = copy.deepcopy(module)
-            parent_path, _, name = path.rpartition(".")
-            setattr(pruned.get_submodule(parent_path), name, module)
-        _prune_transformer(module, keep, strategy if isinstance(layers, int) else "indices", _source_name(model))
+    label = strategy if isinstance(layers, int) else "indices"
+    _apply(pruned, plans, route, label, _source_name(model), context.reports if isinstance(layers, int) else {})
     pruned._model_card_text = None
     pruned.model_card_data = KALEModelCardData(kale=pruning_info(pruned, route) or {})
     pruned.model_card_data.register_model(pruned)
     return pruned
 
 
+def pruned_view(model: SentenceTransformer, layers: Sequence[int], route: str | None = None) -> SentenceTransformer:
+    """A pruned copy that shares its weights with ``model`` (only the module structure is copied): cheap, for
+    measuring a candidate layer set (``search``), not for training or saving."""
+    plans = [(path, _kept_indices(module, layers, "indices")) for path, module in _transformer_modules(model, route)]
+    shared: list[Any] = [*model.parameters(), *model.buffers(), model.model_card_data]
+    shared += [getattr(m, name) for m in model.modules() for name in ("processor", "tokenizer") if hasattr(m, name)]
+    view = copy.deepcopy(model, {id(thing): thing for thing in shared if thing is not None})
+    _apply(view, plans, route, "indices", "", {})
+    return view
+
+
+def required_layers(model: SentenceTransformer, route: str | None = None) -> list[int]:
+    """Layer indices that pruning must keep (ModernBERT's layer 0), for every transformer it would prune."""
+    required: set[int] = set()
+    for _, module in _transformer_modules(model, route):
+        required.update(find_layers(module.auto_model)[2].required_layers)
+    return sorted(required)
+
+
 def pruning_info(model: SentenceTransformer, route: str | None = None) -> dict[str, Any] | None:
     """The lineage recorded by :func:`prune_layers`, or ``None`` for a model that was never pruned.
 
-    Keys: ``source_model``, ``num_layers`` (of the source), ``kept_layers`` (indices in the source), ``strategy``.
+    Keys: ``source_model``, ``num_layers`` (of the source), ``kept_layers`` (indices in the source), ``strategy``;
+    with ``strategy="search"`` also ``search``: its score, method, cost and best candidate sets (source indices).
     """
     for _, module in _transformer_modules(model, route):
         info = getattr(module.auto_model.config, LINEAGE_KEY, None)
@@ -119,7 +140,29 @@ def _transformer_modules(model: SentenceTransformer, route: str | None) -> list[
     return found
 
 
-def _kept_indices(module: Transformer, layers: int | Sequence[int], strategy: str) -> list[int]:
+def _apply(
+    model: SentenceTransformer,
+    plans: list[tuple[str, list[int]]],
+    route: str | None,
+    strategy: str,
+    source: str,
+    reports: dict[tuple[int, int], dict[str, Any]],
+) -> None:
+    """Prune each planned transformer of ``model`` in place (a route's module shared with another route is split);
+    ``reports`` are a data-driven strategy's, by ``(kept, total)`` layer counts, for the lineage."""
+    for path, keep in plans:
+        module = model.get_submodule(path)
+        if route is not None and _is_shared(model, path, module):
+            module = copy.deepcopy(module)
+            parent_path, _, name = path.rpartition(".")
+            setattr(model.get_submodule(parent_path), name, module)
+        report = reports.get((len(keep), module.auto_model.config.num_hidden_layers))
+        _prune_transformer(module, keep, strategy, source, report)
+
+
+def _kept_indices(
+    module: Transformer, layers: int | Sequence[int], strategy: str, context: LayerContext | None = None
+) -> list[int]:
     hf_model = module.auto_model
     _, _, stack = find_layers(hf_model)
     total = hf_model.config.num_hidden_layers
@@ -132,7 +175,7 @@ def _kept_indices(module: Transformer, layers: int | Sequence[int], strategy: st
             raise ValueError(
                 f"layers={layers}: the model already has {total} layers; keep fewer (1 <= layers < {total})."
             )
-        keep = select_layers(strategy, layers, total)
+        keep = select_layers(strategy, layers, total, context)
     else:
         keep = list(layers)
         if not keep:
@@ -156,7 +199,9 @@ def _kept_indices(module: Transformer, layers: int | Sequence[int], strategy: st
     return keep
 
 
-def _prune_transformer(module: Transformer, keep: list[int], strategy: str, source: str) -> None:
+def _prune_transformer(
+    module: Transformer, keep: list[int], strategy: str, source: str, report: dict[str, Any] | None = None
+) -> None:
     hf_model = module.auto_model
     config = hf_model.config
     parent, name, _ = find_layers(hf_model)
@@ -173,16 +218,18 @@ def _prune_transformer(module: Transformer, keep: list[int], strategy: str, sour
             setattr(config, key, [value[i] for i in keep])
     config.num_hidden_layers = len(keep)
     previous = getattr(config, LINEAGE_KEY, None)
-    setattr(
-        config,
-        LINEAGE_KEY,
-        {
-            "source_model": previous["source_model"] if previous else source,
-            "num_layers": previous["num_layers"] if previous else total,
-            "kept_layers": [previous["kept_layers"][i] for i in keep] if previous else keep,
-            "strategy": strategy,
-        },
-    )
+    in_source = (lambda indices: [previous["kept_layers"][i] for i in indices]) if previous else list
+    lineage = {
+        "source_model": previous["source_model"] if previous else source,
+        "num_layers": previous["num_layers"] if previous else total,
+        "kept_layers": in_source(keep),
+        "strategy": strategy,
+    }
+    if report is not None:  # what a data-driven strategy measured; its candidate layer sets in source indices
+        lineage["search"] = {key: value for key, value in report.items() if key != "kept_layers"}
+        if "best" in report:
+            lineage["search"]["best"] = [{**entry, "layers": in_source(entry["layers"])} for entry in report["best"]]
+    setattr(config, LINEAGE_KEY, lineage)
 
 
 def _is_shared(model: nn.Module, path: str, module: nn.Module) -> bool:

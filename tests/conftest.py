@@ -130,7 +130,6 @@ def make_pair(model: SentenceTransformer, **metadata: object) -> AsymmetricPair:
     return AsymmetricPair(student, model, {**pruning_info(student), **recipe, **metadata})
 
 
-def python_block(card: str) -> str:
-    """The one Python code block of a model card."""
-    (code,) = re.findall(r"```python\n(.*?)```", card, re.S)
-    return code
+def python_block(card: str, index: int = 0) -> str:
+    """A Python code block of a model card: the usage snippet (the first), or the ``index``-th (the ONNX one)."""
+    return re.findall(r"```python\n(.*?)```", card, re.S)[index]

@@ -6,6 +6,7 @@ error run as real processes (the console script and ``python -m kale_st``).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -116,6 +117,18 @@ def test_align_on_beir_train_queries_saves_the_pair(files: dict[str, Path], tmp_
     meta = json.loads((output / "kale_pair.json").read_text())
     assert (meta["num_queries"], meta["epochs"], meta["learning_rate"], meta["loss"]) == (4, 1, 0.01, "KALELoss")
     assert kale_st.AsymmetricPair.load(output).query_model.encode_query(["the cat"]).shape == (1, 32)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="the onnx extra is not installed")
+def test_align_with_onnx_and_record_keeps_the_onnx_files(files: dict[str, Path], tmp_path: Path, capsys) -> None:
+    output = tmp_path / "pair"
+    run("align", "--model", files["model"], "--queries", files["beir"], "--max-queries", 4, "--epochs", 1,
+        "--onnx", "--output", output)
+    onnx_files = json.loads((output / "kale_pair.json").read_text())["onnx"]
+    assert (output / "query" / onnx_files["fp32"]).is_file() and (output / "query" / onnx_files["int8"]).is_file()
+    run("bench", "--model", output, "--queries", files["queries"], "--max-queries", 2, "--record")
+    assert (output / "query" / onnx_files["int8"]).is_file()  # rewriting the pair keeps them
+    assert "load_onnx" in (output / "query" / "README.md").read_text()
 
 
 def test_evaluate_a_pair_prints_both_rows_and_records_them(files: dict[str, Path], tmp_path: Path, capsys) -> None:
