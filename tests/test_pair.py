@@ -137,3 +137,16 @@ def test_usage_snippets_in_the_cards_run(tmp_path: Path, monkeypatch: pytest.Mon
         assert torch.allclose(namespace["similarities"], expected, atol=1e-6), part
         printed = [float(x) for x in re.findall(r"-?\d+\.\d+", python_block(card).split("print(similarities)")[1])]
         assert torch.allclose(torch.tensor([printed]), expected, atol=1e-4), part  # the scores shown are real
+
+
+def test_query_card_says_how_queries_and_layers_were_chosen(tmp_path: Path) -> None:
+    search = {"method": "exhaustive", "candidates_scored": 15, "score": "probe", "num_queries": 128}
+    pair = make_pair(tiny_model(tmp_path / "m"), query_source="pseudo", corpus_documents=5183, layer_search=search)
+    pair.save(tmp_path / "pair")
+    card = (tmp_path / "pair" / "query" / "README.md").read_text()
+    assert "1,234 pseudo-queries cut from 5,183 corpus documents (no real queries)" in card
+    assert "exhaustive over 15 layer sets, `probe` score on 128 queries" in card
+    plain = make_pair(tiny_model(tmp_path / "m2"), query_source="queries")
+    plain.save(tmp_path / "plain")
+    card = (tmp_path / "plain" / "query" / "README.md").read_text()
+    assert "1,234 queries (" in card and "pseudo" not in card and "layer sets" not in card
