@@ -155,11 +155,12 @@ def test_align_passes_its_queries_to_search_and_records_it(known_best: SentenceT
 
 
 @pytest.mark.slow
-def test_search_on_minilm_takes_seconds_and_keeps_bottom_and_top(minilm_path: str) -> None:
+def test_search_on_minilm_keeps_the_sets_that_align_best(minilm_path: str) -> None:
     model = SentenceTransformer(minilm_path, device="cpu")
     queries = list(load_beir(SCIFACT, "train").queries.values())
-    info = kale_st.pruning_info(kale_st.prune_layers(model, 2, strategy="search", queries=queries))
-    report = info["search"]
-    assert report["num_queries"] == 128 and report["candidates_scored"] == 15
-    assert info["kept_layers"] == [0, 5]  # measured: probe 0.65 for [0, 5], 0.62 for [4, 5] next
-    assert report["seconds"] < 90  # about 10 s on a quiet 2-core CPU
+    # Measured after alignment (benchmarks/results/layer_choice_and_pseudo_queries.md): 1 layer [5] 0.603 vs [0] 0.487,
+    # 2 layers [0, 5] 0.630 vs [4, 5] 0.617 (the plain cosine score picks [4, 5]).
+    for layers, best in ((1, [5]), (2, [0, 5])):
+        info = kale_st.pruning_info(kale_st.prune_layers(model, layers, strategy="search", queries=queries))
+        assert info["kept_layers"] == best
+        assert info["search"]["num_queries"] == 256 and info["search"]["candidates_scored"] == (6 if layers == 1 else 15)
