@@ -13,7 +13,7 @@ pseudo-queries as train queries, the same epochs (default: ``align``'s 2-layer r
 Students are scored on the 300 SciFact test queries against document embeddings made once by the untouched teacher
 (cached in .cache/kale_st). Writes ``benchmarks/results/layer_choice_and_pseudo_queries.{json,md}``.
 
-    python benchmarks/layer_choice_and_pseudo_queries.py            # both parts, about 20-25 min on 2 cores
+    python benchmarks/layer_choice_and_pseudo_queries.py            # both parts, about 17 min on 2 cores
     python benchmarks/layer_choice_and_pseudo_queries.py --parts layers --layers 2 --epochs 10
     python benchmarks/layer_choice_and_pseudo_queries.py --smoke    # a 1-2 minute check of the script itself
 """
