@@ -106,7 +106,7 @@ def align(
     if output_dir is not None and Path(output_dir).exists() and any(Path(output_dir).iterdir()):
         raise ValueError(f"output_dir {str(output_dir)!r} exists and is not empty: pass a new or empty folder.")
 
-    teacher = query_encoder(model)
+    teacher = task_model(model, "query")
     student = prune_layers(teacher, layers, strategy=strategy, queries=texts)
     recipe = RECIPES.get(num_layers(student), DEFAULT_RECIPE)
     epochs = recipe["epochs"] if epochs is None else epochs
@@ -169,11 +169,6 @@ def align(
             pair.save(output_dir)
         trainer.accelerator.wait_for_everyone()  # every rank returns once the folder is complete
     return pair
-
-
-def query_encoder(model: SentenceTransformer) -> SentenceTransformer:
-    """A standalone copy of the model's query encoder: the model itself, or a Router's query route."""
-    return task_model(model, "query")
 
 
 def _agreement(

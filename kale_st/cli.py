@@ -30,11 +30,11 @@ from huggingface_hub.utils import logging as hub_logging
 from sentence_transformers import SentenceTransformer
 
 import kale_st
-from kale_st.align import DEFAULT_PSEUDO_QUERIES, DEFAULT_RECIPE, LOSSES, RECIPES, align, query_encoder
+from kale_st.align import DEFAULT_PSEUDO_QUERIES, DEFAULT_RECIPE, LOSSES, RECIPES, align
 from kale_st.benchmark import query_latency
 from kale_st.evaluation import DEFAULT_CACHE, BeirData, document_embeddings, evaluate_retrieval, load_beir
 from kale_st.loss import DEFAULT_TEMPERATURE
-from kale_st.pair import METADATA_FILE, AsymmetricPair
+from kale_st.pair import METADATA_FILE, AsymmetricPair, task_model
 from kale_st.pruning import prune_layers, pruning_info
 from kale_st.queries import load_corpus, load_queries
 from kale_st.strategies import STRATEGIES
@@ -295,7 +295,7 @@ def evaluate_command(args: argparse.Namespace) -> None:
         if args.document_model:
             raise ValueError("--document-model applies to a model; a pair folder brings its own document model")
         pair = _load_pair(args.model)
-        models = {"document model": query_encoder(pair.document_model), "query model": pair.query_model}
+        models = {"document model": task_model(pair.document_model, "query"), "query model": pair.query_model}
         documents = pair.document_model
     elif args.record:
         raise ValueError("--record writes into a saved pair: pass a pair folder as --model")
@@ -324,13 +324,13 @@ def bench(args: argparse.Namespace) -> None:
         if args.document_model:
             raise ValueError("--document-model applies to a model; a pair folder brings its own document model")
         pair = _load_pair(args.model)
-        baseline, query_model = query_encoder(pair.document_model), pair.query_model
+        baseline, query_model = task_model(pair.document_model, "query"), pair.query_model
     elif args.record:
         raise ValueError("--record writes into a saved pair: pass a pair folder as --model")
     elif not args.document_model:
         raise ValueError("bench compares two models: pass a pair folder as --model, or --document-model")
     else:
-        baseline, query_model = query_encoder(_load_model(args.document_model)), _load_model(args.model)
+        baseline, query_model = task_model(_load_model(args.document_model), "query"), _load_model(args.model)
     queries = _queries(args.queries, args.split, args.query_column, args.max_queries)
     _say(f"timing encode_query on {len(queries)} queries, both models interleaved ...")
     latency = query_latency({"document model": baseline, "query model": query_model}, queries, batch_size=args.batch_size)
@@ -369,7 +369,7 @@ def demo(args: argparse.Namespace) -> None:
     train_queries = list(load_beir(source, "train").queries.values())[: args.max_queries]
     test, dataset = _first_queries(load_beir(source, "test"), args.eval_queries, name, "test")
     model = _load_model(args.model)
-    teacher = query_encoder(model)
+    teacher = task_model(model, "query")
 
     _say(f"encoding {len(test.corpus)} documents with the teacher (cached in {args.cache_dir}) ...")
     corpus = document_embeddings(model, test.corpus, cache_dir=args.cache_dir)

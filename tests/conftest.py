@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from kale_st import AsymmetricPair, prune_layers, pruning_info
-from kale_st.align import query_encoder
+from kale_st.pair import task_model
 
 WORDS = "the a of and to in is for on with query document retrieval dense model layer fast slow cat dog".split()
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -124,7 +124,7 @@ LATENCY = {"teacher_ms": 8.1, "student_ms": 2.9, "speedup": 2.8, "threads": 2}
 
 def make_pair(model: SentenceTransformer, **metadata: object) -> AsymmetricPair:
     """A pruned (not trained) student with the metadata ``align`` would record: fast and deterministic."""
-    student = prune_layers(query_encoder(model), 2)
+    student = prune_layers(task_model(model, "query"), 2)
     recipe = {"loss": "KALELoss", "loss_config": {"temperature": 0.2}, "num_queries": 1234, "epochs": 20}
     recipe |= {"batch_size": 64, "learning_rate": 0.001, "seed": 42, "training_steps": 400, "world_size": 1}
     return AsymmetricPair(student, model, {**pruning_info(student), **recipe, **metadata})
