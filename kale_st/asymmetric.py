@@ -28,6 +28,7 @@ from sentence_transformers.base.modules import Router, Transformer
 from torch import nn
 
 from kale_st.model_card import KALEModelCardData
+from kale_st.pair import with_modules
 from kale_st.pruning import prune_layers, pruning_info
 
 
@@ -71,14 +72,7 @@ def asymmetric(
         )
     route, shared = modules[: transformers[-1] + 1], modules[transformers[-1] + 1 :]
     router = Router.for_query_document(query_modules=copy.deepcopy(route), document_modules=copy.deepcopy(route))
-    combined = SentenceTransformer(
-        modules=[router, *copy.deepcopy(shared)],
-        device=str(model.device),
-        prompts=model.prompts,
-        default_prompt_name=model.default_prompt_name,
-        similarity_fn_name=model.similarity_fn_name,
-        truncate_dim=model.truncate_dim,
-    )
+    combined = with_modules(model, [router, *copy.deepcopy(shared)])
     combined = prune_layers(combined, query_layers, strategy=strategy, route="query")
     if document_layers is not None:
         combined = prune_layers(combined, document_layers, strategy=strategy, route="document")

@@ -221,8 +221,13 @@ def task_model(model: SentenceTransformer, task: str) -> SentenceTransformer:
     SentenceTransformer holding copies of that route and the modules after it."""
     if not len(model) or not isinstance(model[0], Router):
         return model
+    return with_modules(model, copy.deepcopy(task_modules(model, task)))
+
+
+def with_modules(model: SentenceTransformer, modules: list[nn.Module]) -> SentenceTransformer:
+    """A new SentenceTransformer running ``modules``, with ``model``'s device, prompts, similarity and truncation."""
     return SentenceTransformer(
-        modules=copy.deepcopy(task_modules(model, task)),
+        modules=modules,
         device=str(model.device),
         prompts=model.prompts,
         default_prompt_name=model.default_prompt_name,
