@@ -120,11 +120,19 @@ def document_embeddings(
     return embeddings
 
 
+class _Scorer(InformationRetrievalEvaluator):
+    """sentence-transformers' retrieval evaluator, without recording its scores in the model's card: scoring a model
+    leaves it as it was, and a pair's cards show the scores the caller records, named (``metadata["evaluation"]``)."""
+
+    def store_metrics_in_model_card_data(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
 def evaluate_retrieval(
     query_model: SentenceTransformer, data: BeirData, corpus_embeddings: torch.Tensor, batch_size: int = 64
 ) -> dict[str, float]:
-    """nDCG@10, MRR@10 and Recall@100 of ``query_model`` searching ``corpus_embeddings``."""
-    evaluator = InformationRetrievalEvaluator(
+    """nDCG@10, MRR@10 and Recall@100 of ``query_model`` searching ``corpus_embeddings`` (its card is not touched)."""
+    evaluator = _Scorer(
         queries=data.queries,
         corpus=data.corpus,
         relevant_docs=data.relevant,

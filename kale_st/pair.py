@@ -35,18 +35,19 @@ class AsymmetricPair:
     """Two models that work together: ``query_model`` encodes queries, ``document_model`` documents.
 
     ``metadata`` is a plain JSON dict of how the pair was made, saved as ``kale_pair.json`` and shown in the model
-    cards. :func:`kale_st.align` fills ``source_model`` (Hub id or local path of the original model, teacher and
-    document encoder), ``num_layers`` (of the source), ``kept_layers``, ``strategy``, ``loss``, ``loss_config``
-    (``{"temperature": 0.2}`` for KALELoss), ``num_queries`` (training data size), ``epochs``, ``batch_size``,
-    ``learning_rate``, ``seed``, ``training_steps``, ``world_size``, ``alignment_seconds`` and, given held-out
-    queries, ``agreement``. Optional keys that other code fills in:
+    cards. :func:`kale_st.align` fills ``source_model`` (the original model, teacher and document encoder: its Hub id,
+    or the folder name of a local-only model, never a local path), ``num_layers`` (of the source), ``kept_layers``,
+    ``strategy``, ``loss``, ``loss_config`` (``{"temperature": 0.2}`` for KALELoss), ``num_queries`` (training data
+    size), ``epochs``, ``batch_size``, ``learning_rate``, ``seed``, ``training_steps``, ``world_size``,
+    ``alignment_seconds`` and, given held-out queries, ``agreement``. Optional keys that other code fills in:
 
     - ``source_revision``: Hub commit of ``source_model`` (if absent: the document model's
       ``model_card_data.base_model_revision``, which sentence-transformers sets when it loads from the Hub).
     - ``evaluation``: ``{"dataset": "SciFact test", "teacher": {"ndcg@10": .., "mrr@10": .., "recall@100": ..},
       "student": {...}}``; the student's scores are those of its queries against the document encoder's documents.
     - ``latency``: query encoding, ``{"teacher_ms": .., "student_ms": .., "speedup": .., "threads": ..}``.
-    - ``plot``: path of an image; copied into the query and router folders and shown in their cards.
+    - ``plot``: path of an image; copied into the query and router folders and shown in their cards
+      (``kale_pair.json`` names the copy, ``query/kale_plot.png``, not the original path).
     - ``onnx``: the ONNX files of ``query/`` (:meth:`save` with ``onnx=True`` sets it, and drops it without):
       ``{"fp32": "onnx/model.onnx", "int8": "onnx/model_quint8_avx2.onnx", "quantization": "avx2"}``, optionally
       with ``"latency"``: batch-1 ``encode_query`` p50 from one run, ``{"teacher_ms": .., "student_ms": ..,
@@ -129,7 +130,7 @@ class AsymmetricPair:
         try:
             for kind in kinds:
                 self._write(kind, scratch / kind, links, onnx=onnx)
-            (scratch / METADATA_FILE).write_text(json.dumps(self.metadata, indent=2, sort_keys=True) + "\n")
+            (scratch / METADATA_FILE).write_text(json.dumps(self._saved_metadata(), indent=2, sort_keys=True) + "\n")
             if target.exists():
                 shutil.rmtree(target)
             scratch.rename(target)
@@ -144,10 +145,13 @@ class AsymmetricPair:
             raise ValueError(
                 f"{str(folder)!r} has no {METADATA_FILE}: it is not a folder written by AsymmetricPair.save."
             )
+        metadata = json.loads((folder / METADATA_FILE).read_text())
+        if metadata.get("plot") and not Path(metadata["plot"]).is_absolute():  # the copy save wrote
+            metadata["plot"] = str(folder / metadata["plot"])
         return cls(
             query_model=SentenceTransformer(str(folder / "query"), **model_kwargs),
             document_model=SentenceTransformer(str(folder / "document"), **model_kwargs),
-            metadata=json.loads((folder / METADATA_FILE).read_text()),
+            metadata=metadata,
         )
 
     @classmethod
@@ -184,6 +188,14 @@ class AsymmetricPair:
             revision=revision,
             onnx=onnx,
         )
+
+    def _saved_metadata(self) -> dict[str, Any]:
+        """``metadata`` as ``kale_pair.json`` holds it: the plot by its copy in the pair folder, never a local path."""
+        saved = dict(self.metadata)
+        plot = saved.pop("plot", None)
+        if plot and Path(plot).is_file():
+            saved["plot"] = f"query/{PLOT_NAME}{Path(plot).suffix}"
+        return saved
 
     def _models(self) -> dict[str, SentenceTransformer]:
         return {"query": self.query_model, "document": self.document_model}

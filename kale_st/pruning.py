@@ -12,19 +12,29 @@ Example:
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import yaml
+from huggingface_hub import ModelCard
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Router, Transformer
+from sentence_transformers.sentence_transformer.modules import StaticEmbedding
 from torch import nn
 
 from kale_st.architectures import find_layers
-from kale_st.model_card import KALEModelCardData
+from kale_st.model_card import KALEModelCardData, is_hub_id
 from kale_st.strategies import LayerContext, select_layers
 
 #: Name of the Hugging Face config attribute that records how a model was pruned (survives save/load).
 LINEAGE_KEY = "kale_st_pruning"
+#: A model's own Hub id in its card's usage snippet: ``SentenceTransformer('sentence-transformers/all-MiniLM-L6-v2')``.
+_CARD_SNIPPET = re.compile(r"""SentenceTransformer\(\s*["']([\w.-]+/[\w.-]+)["']""")
+#: A Hub cache snapshot folder: ``.../models--{namespace}--{name}/snapshots/{commit}``.
+_HUB_SNAPSHOT = re.compile(r"models--(?P<namespace>[\w.-]+?)--(?P<name>[\w.-]+)")
 _LAYER_INDEX_ATTRIBUTES = ("layer_idx", "layer_id", "layer_index")
 _NOT_PER_LAYER = {"architectures"}
 
@@ -36,6 +46,7 @@ def prune_layers(
     strategy: str = "spread",
     route: str | None = None,
     queries: Sequence[str] | None = None,
+    base_model: str | None = None,
 ) -> SentenceTransformer:
     """Return a copy of ``model`` that keeps only some of its transformer layers.
 
@@ -48,26 +59,40 @@ def prune_layers(
             every transformer in the model.
         queries: Sample queries for a data-driven strategy (``search`` measures candidate layer sets on them);
             ignored by the others.
+        base_model: The Hugging Face Hub id ``model`` is an unchanged copy of (``"sentence-transformers/
+            all-MiniLM-L6-v2"`` for a local download); ``None`` infers it (see :func:`source_name`).
 
     The copy starts with a fresh model card and records its lineage (source, original layer count,
-    kept indices of the original) in the transformer config; read it with :func:`pruning_info`.
+    kept indices of the original) in the transformer config; read it with :func:`pruning_info`. The source is
+    named by its Hub id, or by its folder name when it has none: never by a local path.
 
     Example:
         >>> student = prune_layers(model, 2)                   # doctest: +SKIP
         >>> student = prune_layers(model, [0, 3, 5])           # doctest: +SKIP
         >>> asym = prune_layers(router_model, 2, route="query")  # doctest: +SKIP
         >>> searched = prune_layers(model, 2, strategy="search", queries=train_queries[:256])  # doctest: +SKIP
+        >>> local = SentenceTransformer("./minilm")  # a copy of sentence-transformers/all-MiniLM-L6-v2  # doctest: +SKIP
+        >>> student = prune_layers(local, 2, base_model="sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
     """
     if not isinstance(model, SentenceTransformer):
         raise ValueError(f"prune_layers expects a SentenceTransformer, got {type(model).__name__}.")
+    if base_model is not None and not _is_repo_id(base_model):
+        raise ValueError(
+            f"base_model={base_model!r} is not a Hugging Face model id: pass the namespace/name the model was "
+            "downloaded from (for example 'sentence-transformers/all-MiniLM-L6-v2'), or None."
+        )
     context = LayerContext(model, queries, route)
     modules = _transformer_modules(model, route)
     plans = [(path, _kept_indices(module, layers, strategy, context)) for path, module in modules]
     pruned = copy.deepcopy(model)
     label = strategy if isinstance(layers, int) else "indices"
-    _apply(pruned, plans, route, label, _source_name(model), context.reports if isinstance(layers, int) else {})
+    source = base_model or source_name(model)
+    _apply(pruned, plans, route, label, source, context.reports if isinstance(layers, int) else {})
     pruned._model_card_text = None
     pruned.model_card_data = KALEModelCardData(kale=pruning_info(pruned, route) or {})
+    lineage_source = pruned.model_card_data.kale.get("source_model")
+    if is_hub_id(lineage_source):
+        pruned.model_card_data.base_model = lineage_source
     pruned.model_card_data.register_model(pruned)
     return pruned
 
@@ -96,7 +121,12 @@ def pruning_info(model: SentenceTransformer, route: str | None = None) -> dict[s
 
     Keys: ``source_model``, ``num_layers`` (of the source), ``kept_layers`` (indices in the source), ``strategy``;
     with ``strategy="search"`` also ``search``: its score, method, cost and best candidate sets (source indices).
+    A static student (:func:`kale_st.static.static_student`) has ``kept_layers=[]``, ``strategy="static"``.
     """
+    static = _static_embedding(model, route)
+    if static is not None:
+        info = getattr(static, LINEAGE_KEY, None)
+        return dict(info) if info is not None else None
     for _, module in _transformer_modules(model, route):
         info = getattr(module.auto_model.config, LINEAGE_KEY, None)
         if info is not None:
@@ -105,9 +135,19 @@ def pruning_info(model: SentenceTransformer, route: str | None = None) -> dict[s
 
 
 def num_layers(model: SentenceTransformer, route: str | None = None) -> int:
-    """The number of transformer layers of ``model`` (of ``route`` for a Router model)."""
+    """The number of transformer layers of ``model`` (of ``route`` for a Router model); 0 for static embeddings."""
+    if _static_embedding(model, route) is not None:
+        return 0
     (_, module), *_ = _transformer_modules(model, route)
     return module.auto_model.config.num_hidden_layers
+
+
+def _static_embedding(model: SentenceTransformer, route: str | None) -> StaticEmbedding | None:
+    """The ``StaticEmbedding`` of ``model`` (of ``route`` for a Router model), if it has no transformer."""
+    modules = list(model)
+    if modules and isinstance(modules[0], Router):
+        modules = [m for name, seq in modules[0].sub_modules.items() if route in (None, name) for m in seq]
+    return next((m for m in modules if isinstance(m, StaticEmbedding)), None)
 
 
 def _transformer_modules(model: SentenceTransformer, route: str | None) -> list[tuple[str, Transformer]]:
@@ -236,10 +276,54 @@ def _is_shared(model: nn.Module, path: str, module: nn.Module) -> bool:
     return any(m is module and p != path for p, m in model.named_modules(remove_duplicate=False))
 
 
-def _source_name(model: SentenceTransformer) -> str:
+def source_name(model: SentenceTransformer) -> str:
+    """The name the lineage gives ``model``: its Hugging Face Hub id where the model says it, else its folder name.
+
+    The Hub id is, in order: the card's ``model_id``; the id sentence-transformers recorded when it loaded the model
+    from the Hub (``model_card_data.base_model``, unless the model was trained since); a Hub cache snapshot folder
+    (``models--{namespace}--{name}/snapshots/...``); a transformer loaded by id; the single id of the loaded card's
+    usage snippet (``SentenceTransformer('namespace/name')``, unless trained since). A local path is never returned.
+
+    Example:
+        >>> source_name(SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2"))  # doctest: +SKIP
+        'sentence-transformers/all-MiniLM-L6-v2'
+    """
     card = model.model_card_data
-    for name in (card.model_id, card.base_model):
-        if name:
-            return name
+    text = getattr(model, "_model_card_text", None) or ""  # the card of the folder it was loaded from
+    tags = [*(card.tags or []), *_card_tags(text)]
+    trained = "generated_from_trainer" in tags  # then a card's Hub id is the model it was trained from
+    if card.model_id:
+        return card.model_id
+    if card.base_model and not trained:
+        return card.base_model
     (_, module), *_ = _transformer_modules(model, None)
-    return module.auto_model.config._name_or_path
+    path = str(module.auto_model.config._name_or_path or "")
+    snapshot = [m for part in Path(path).parts if (m := _HUB_SNAPSHOT.fullmatch(part))]
+    if snapshot:
+        return f"{snapshot[-1]['namespace']}/{snapshot[-1]['name']}"
+    if is_hub_id(path):
+        return path
+    named = set(_CARD_SNIPPET.findall(text))
+    if len(named) == 1 and not trained:
+        return named.pop()
+    folder = Path(path)
+    return folder.parent.name if re.fullmatch(r"\d+_\w+", folder.name) else folder.name  # 0_Transformer: the model's
+
+
+def _card_tags(text: str) -> list[str]:
+    """The tags in a model card's front matter (none without one, or with one that does not parse)."""
+    if not text.startswith("---"):
+        return []
+    try:
+        return list(ModelCard(text).data.tags or [])
+    except (ValueError, yaml.YAMLError):
+        return []
+
+
+def _is_repo_id(name: str) -> bool:
+    """Whether ``name`` reads ``namespace/name`` as the Hub allows (a local folder of that name does not matter)."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return name.count("/") == 1

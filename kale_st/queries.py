@@ -1,5 +1,5 @@
 """Read alignment queries from a list, a ``datasets.Dataset`` or a text/JSONL file; or make pseudo-queries from a
-corpus when there are none (label-free alignment)."""
+corpus when there are none (label-free alignment). ``iter_queries`` / ``iter_corpus`` stream inputs of any size."""
 
 from __future__ import annotations
 
@@ -8,17 +8,22 @@ import logging
 import os
 import random
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from datasets import Dataset
+import numpy as np
+from datasets import Dataset, IterableDataset
 
 logger = logging.getLogger(__name__)
 
 QueriesLike = Sequence[str] | Dataset | str | os.PathLike
 CorpusLike = Sequence[str] | Mapping[str, str] | Dataset | str | os.PathLike
+#: What the streaming readers take besides: a streamed dataset (``load_dataset(..., streaming=True)``, a Hub id too)
+#: or any iterable of strings.
+StreamLike = QueriesLike | IterableDataset | Iterable[str]
 _TEXT_COLUMNS = ("query", "text", "sentence")
 _CORPUS_COLUMNS = ("text", "sentence", "query")
+_ROWS_PER_READ = 1024
 # A sentence ends at . ! or ? followed by space and an upper-case letter, digit, bracket or quote ("e.g. the" stays).
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[\"'])|\n+")
 
@@ -35,22 +40,36 @@ def load_queries(queries: QueriesLike, column: str | None = None) -> list[str]:
         >>> load_queries(["what is KALE", "dense retrieval latency"])
         ['what is KALE', 'dense retrieval latency']
     """
+    texts = list(iter_queries(queries, column))
+    if not texts:
+        raise ValueError("queries is empty: alignment needs at least one query.")
+    return texts
+
+
+def iter_queries(queries: StreamLike, column: str | None = None) -> Iterator[str]:
+    """Stream the queries one at a time: files line by line, datasets in batches, for sets larger than memory.
+
+    Takes what :func:`load_queries` takes, a streamed dataset (``load_dataset(hub_id, split="train",
+    streaming=True)``) or any iterable of strings; a bad row is a ``ValueError`` when it is reached.
+
+    Example:
+        >>> list(iter_queries(["what is KALE", "dense retrieval latency"]))
+        ['what is KALE', 'dense retrieval latency']
+    """
     if isinstance(queries, (str, os.PathLike)):
-        texts = _read_file(Path(queries), column)
-    elif isinstance(queries, Dataset):
-        texts = queries[_pick_column(queries.column_names, column, "Dataset")]
-    elif isinstance(queries, Sequence):
-        texts = list(queries)
+        texts = _iter_file(Path(queries), column)
+    elif isinstance(queries, (Dataset, IterableDataset)):
+        texts = (text for _, text in _iter_dataset(queries, column, _TEXT_COLUMNS))
+    elif isinstance(queries, Iterable) and not isinstance(queries, Mapping):
+        texts = iter(queries)
     else:
         raise ValueError(
             f"queries must be a list of strings, a datasets.Dataset or a file path, got {type(queries).__name__}."
         )
-    if not texts:
-        raise ValueError("queries is empty: alignment needs at least one query.")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ValueError(f"queries[{i}] is a {type(text).__name__} ({text!r}), not a string: pass text only.")
-    return texts
+        yield text
 
 
 def _pick_column(columns: list[str], column: str | None, source: str, names: Sequence[str] = _TEXT_COLUMNS) -> str:
@@ -67,25 +86,48 @@ def _pick_column(columns: list[str], column: str | None, source: str, names: Seq
     )
 
 
-def _read_file(path: Path, column: str | None) -> list[str]:
+def _iter_dataset(
+    dataset: Dataset | IterableDataset, column: str | None, names: Sequence[str]
+) -> Iterator[tuple[object, object]]:
+    """(title or None, text) of each row, read ``_ROWS_PER_READ`` rows at a time."""
+    name = None
+    if dataset.column_names is not None:  # a streamed dataset may only know its columns once read
+        name = _pick_column(dataset.column_names, column, "Dataset", names)
+    for batch in dataset.iter(batch_size=_ROWS_PER_READ):
+        name = name or _pick_column(list(batch), column, "Dataset", names)
+        titles = batch["title"] if "title" in batch and name != "title" and names is _CORPUS_COLUMNS else None
+        yield from zip(titles or [None] * len(batch[name]), batch[name])
+
+
+def _iter_file(path: Path, column: str | None, names: Sequence[str] = _TEXT_COLUMNS) -> Iterator[object]:
+    """The texts of a text file (non-empty lines) or a JSONL file (strings, or objects with a text field)."""
     if not path.is_file():
         raise ValueError(f"queries file {str(path)!r} does not exist: pass a list of strings or an existing file.")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if path.suffix != ".jsonl":
-        return [line.strip() for line in lines]
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number} is not valid JSON ({error.msg}): one JSON object per line.") from None
-    if all(isinstance(record, str) for record in records):
-        return records
-    name = _pick_column(sorted({key for r in records if isinstance(r, dict) for key in r}), column, f"file {path}")
-    missing = [n for n, r in enumerate(records, 1) if not isinstance(r, dict) or name not in r]
-    if missing:
-        raise ValueError(f"{path}: line(s) {missing[:5]} have no {name!r} field; every line needs one.")
-    return [record[name] for record in records]
+    for _, text in _iter_records(path, column, names):
+        yield text
+
+
+def _iter_records(path: Path, column: str | None, names: Sequence[str]) -> Iterator[tuple[object, object]]:
+    """(title or None, text) of each non-empty line; of a JSONL file, the text field is picked on the first object."""
+    name = None
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            if path.suffix != ".jsonl":
+                yield None, line.strip()
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number} is not valid JSON ({error.msg}): one JSON object per line.") from None
+            if not isinstance(record, dict):
+                yield None, record
+                continue
+            name = name or _pick_column(sorted(record), column, f"file {path}", names)
+            if name not in record:
+                raise ValueError(f"{path}:{number} has no {name!r} field; every line needs one.")
+            yield record.get("title") if name != "title" else None, record[name]
 
 
 def load_corpus(corpus: CorpusLike, column: str | None = None) -> list[str]:
@@ -97,30 +139,33 @@ def load_corpus(corpus: CorpusLike, column: str | None = None) -> list[str]:
             text under ``column``, a ``title`` put in front as its own sentence); or a text file (one document a line).
         column: The text column of a Dataset or JSONL file; default: the first of ``text``, ``sentence``, ``query``.
     """
+    texts = list(iter_corpus(corpus, column))
+    if not texts:
+        raise ValueError("corpus is empty: pseudo-queries need at least one document with text.")
+    return texts
+
+
+def iter_corpus(corpus: CorpusLike | IterableDataset | Iterable[str], column: str | None = None) -> Iterator[str]:
+    """Stream the non-blank documents of ``corpus`` (what :func:`load_corpus` takes, a streamed dataset or any
+    iterable of strings) one at a time, files line by line.
+
+    Example:
+        >>> list(iter_corpus({"d1": "First document.", "d2": " ", "d3": "Second one."}))
+        ['First document.', 'Second one.']
+    """
     if isinstance(corpus, (str, os.PathLike)):
         path = Path(corpus)
         if path.is_dir():
             path = path / "corpus.jsonl"
         if not path.is_file():
             raise ValueError(f"corpus {str(corpus)!r} does not exist: pass a list of texts, a file or a BEIR folder.")
-        if path.suffix == ".jsonl":
-            records = _read_jsonl(path)
-            if all(isinstance(record, str) for record in records):
-                texts = records
-            else:
-                name = _pick_column(sorted({k for r in records if isinstance(r, dict) for k in r}), column,
-                                    f"file {path}", _CORPUS_COLUMNS)
-                texts = [_with_title(r.get("title"), r.get(name)) for r in records if isinstance(r, dict)]
-        else:
-            texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    elif isinstance(corpus, Dataset):
-        name = _pick_column(corpus.column_names, column, "Dataset", _CORPUS_COLUMNS)
-        titles = corpus["title"] if "title" in corpus.column_names and name != "title" else [None] * len(corpus)
-        texts = [_with_title(title, text) for title, text in zip(titles, corpus[name])]
+        texts = (_with_title(title, text) for title, text in _iter_records(path, column, _CORPUS_COLUMNS))
+    elif isinstance(corpus, (Dataset, IterableDataset)):
+        texts = (_with_title(title, text) for title, text in _iter_dataset(corpus, column, _CORPUS_COLUMNS))
     elif isinstance(corpus, Mapping):
-        texts = list(corpus.values())
-    elif isinstance(corpus, Sequence):
-        texts = list(corpus)
+        texts = iter(corpus.values())
+    elif isinstance(corpus, Iterable):
+        texts = iter(corpus)
     else:
         raise ValueError(
             "corpus must be a list of texts, a dict id -> text, a datasets.Dataset, a file or a BEIR folder, "
@@ -129,10 +174,8 @@ def load_corpus(corpus: CorpusLike, column: str | None = None) -> list[str]:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ValueError(f"corpus document {i} is a {type(text).__name__} ({text!r}), not a string: pass texts.")
-    texts = [text for text in texts if text.strip()]
-    if not texts:
-        raise ValueError("corpus is empty: pseudo-queries need at least one document with text.")
-    return texts
+        if text.strip():
+            yield text
 
 
 def pseudo_queries(
@@ -152,6 +195,9 @@ def pseudo_queries(
     possible), until ``num_queries`` distinct ones (case-insensitive) are found; fewer if the corpus has no more.
     The same corpus and ``seed`` give the same pseudo-queries.
 
+    The corpus is streamed, twice (count, then cut): memory holds a count per document and the pseudo-queries, never
+    the corpus, so a file of any size works; a one-shot iterator does not (pass a list, a file or a dataset).
+
     Args:
         corpus: The documents (see :func:`load_corpus`): ideally those the document encoder already indexed.
         num_queries: How many pseudo-queries to make.
@@ -167,20 +213,36 @@ def pseudo_queries(
         raise ValueError(f"num_queries={num_queries!r}: make at least 1 pseudo-query.")
     if not 1 <= min_words <= max_words:
         raise ValueError(f"min_words={min_words}, max_words={max_words}: need 1 <= min_words <= max_words.")
-    documents = load_corpus(corpus, column)
-    order = list(range(len(documents)))
-    random.Random(seed).shuffle(order)
-    spans = {index: _spans(documents[index], random.Random(f"{seed}:{index}"), min_words, max_words) for index in order}
+    if isinstance(corpus, Iterator):
+        raise ValueError("pseudo_queries reads the corpus twice: pass a list, a file or a dataset, not an iterator.")
+
+    def spans(index: int, text: str) -> list[str]:
+        return list(_spans(text, random.Random(f"{seed}:{index}"), min_words, max_words))
+
+    counts = np.fromiter((len(spans(i, text)) for i, text in enumerate(iter_corpus(corpus, column))), dtype=np.int64)
+    if counts.size == 0:
+        raise ValueError("corpus is empty: pseudo-queries need at least one document with text.")
+    order = list(range(counts.size))
+    random.Random(seed).shuffle(order)  # the visiting order; round r takes the r-th span of each document in it
+    position = np.empty(counts.size, dtype=np.int64)
+    position[order] = np.arange(counts.size)
+    del order
     found: dict[str, str] = {}
-    while len(found) < num_queries and spans:
-        for index in list(spans):
-            span = next(spans[index], None)
-            if span is None:
-                del spans[index]
-                continue
+    wanted = num_queries
+    while True:
+        take = _spans_to_take(counts, position, wanted)
+        cut = []  # (round, position, span) of every span taken, read in one pass over the corpus
+        for index, text in enumerate(iter_corpus(corpus, column)):
+            if take[index]:
+                cut.extend((r, position[index], span) for r, span in enumerate(spans(index, text)[: take[index]]))
+        found = {}
+        for _, _, span in sorted(cut):
             found.setdefault(span.lower(), span)
             if len(found) == num_queries:
                 break
+        if len(found) == num_queries or wanted >= counts.sum():
+            break
+        wanted += num_queries - len(found)  # duplicates: cut more (a prefix of the same order, so the same result)
     if not found:
         raise ValueError(
             f"corpus has no sentence of {min_words} words or more: no pseudo-queries (lower min_words or pass queries)."
@@ -189,6 +251,21 @@ def pseudo_queries(
         logger.warning("The corpus gave %d distinct pseudo-queries, fewer than the %d asked for.", len(found),
                        num_queries)
     return list(found.values())
+
+
+def _spans_to_take(counts: np.ndarray, position: np.ndarray, wanted: int) -> np.ndarray:
+    """Spans per document of the first ``wanted`` in round-robin order (whole rounds, then the start of one more)."""
+    if wanted >= counts.sum():
+        return counts.copy()
+    low, high = 0, int(counts.max())  # the last round reached: sum(min(counts, rounds)) >= wanted
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (middle + 1, high) if np.minimum(counts, middle).sum() < wanted else (low, middle)
+    take = np.minimum(counts, low - 1)
+    remaining = wanted - int(take.sum())
+    in_last_round = np.flatnonzero(counts >= low)
+    take[in_last_round[np.argsort(position[in_last_round])[:remaining]]] += 1
+    return take
 
 
 def _spans(text: str, rng: random.Random, min_words: int, max_words: int) -> Iterator[str]:
@@ -213,14 +290,3 @@ def _with_title(title: object, text: object) -> object:
     title = title.strip()
     return f"{title}{'' if title[-1] in '.!?' else '.'} {text}" if isinstance(text, str) else text
 
-
-def _read_jsonl(path: Path) -> list[object]:
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number} is not valid JSON ({error.msg}): one JSON object per line.") from None
-    return records

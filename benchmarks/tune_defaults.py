@@ -1,0 +1,114 @@
+"""Measure ``align``'s levers on the SciFact *validation* split only (the protocol of ``protocol.py``).
+
+Every combination of the given values is aligned on the alignment part of SciFact's train queries and scored on the
+validation part (nDCG@10 against the teacher's index, and the label-free mean student-teacher cosine on the same
+queries; ``--label-free`` skips the index and the nDCG). The test split is never read here. One JSON line per run is appended to
+``benchmarks/results/tune_defaults.jsonl``; ``--summary`` prints them as a Markdown table.
+
+    python benchmarks/tune_defaults.py --teacher minilm --layers 2 --pseudo 0 1000 10000
+    python benchmarks/tune_defaults.py --teacher mpnet --layers 2 --lr 3e-4 1e-3 --steps 600
+    python benchmarks/tune_defaults.py --summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import torch
+from protocol import corpus_embeddings, load_teacher, score, scifact_splits
+
+import kale_st
+from kale_st.evaluation import BeirData
+
+RESULTS = Path(__file__).parent / "results" / "tune_defaults.jsonl"
+
+
+def agreement(student: object, teacher: object, data: BeirData) -> float:
+    """Mean cosine between the student's and the teacher's embeddings of ``data``'s queries (label-free)."""
+    queries = list(data.queries.values())
+    s = student.encode_query(queries, convert_to_tensor=True)
+    t = teacher.encode_query(queries, convert_to_tensor=True)
+    return round(torch.nn.functional.cosine_similarity(s, t).mean().item(), 4)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", choices=["minilm", "mpnet"], default="minilm")
+    parser.add_argument("--layers", type=int, nargs="+", default=[2])
+    parser.add_argument("--pseudo", type=int, nargs="+", default=[0], help="pseudo-queries added from the corpus")
+    parser.add_argument("--lr", type=float, nargs="+", default=[None], help="default: align's recipe")
+    parser.add_argument("--steps", type=int, nargs="+", default=[None], help="step budget; default: align's recipe")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[None])
+    parser.add_argument("--strategy", nargs="+", default=["spread"])
+    parser.add_argument("--epochs", type=float, default=None, help="epochs instead of a step budget")
+    parser.add_argument("--no-early-stopping", action="store_true")
+    parser.add_argument("--label-free", action="store_true", help="agreement only: no index, no nDCG")
+    parser.add_argument("--summary", action="store_true", help="print the recorded runs and exit")
+    args = parser.parse_args()
+    if args.summary:
+        return print_summary()
+
+    splits = scifact_splits()
+    teacher = load_teacher(args.teacher)
+    documents = None if args.label_free else corpus_embeddings(teacher, splits)
+    teacher_ndcg = None if args.label_free else score(teacher, splits.validation, documents)
+    for layers, pseudo, lr, steps, batch, strategy in itertools.product(
+        args.layers, args.pseudo, args.lr, args.steps, args.batch_size, args.strategy
+    ):
+        start = time.perf_counter()
+        pair = kale_st.align(
+            teacher,
+            splits.alignment,
+            corpus=splits.test.corpus if pseudo else None,
+            num_pseudo_queries=pseudo or 1,
+            layers=layers,
+            strategy=strategy,
+            learning_rate=lr,
+            max_steps=steps if args.epochs is None else None,
+            epochs=args.epochs,
+            batch_size=batch,
+            early_stopping=not args.no_early_stopping,
+            disable_tqdm=True,
+        )
+        meta = pair.metadata
+        row = {
+            "teacher": args.teacher,
+            "layers": layers,
+            "kept_layers": meta["kept_layers"],
+            "strategy": strategy,
+            "pseudo_queries": meta.get("pseudo_queries", 0),
+            "learning_rate": meta["learning_rate"],
+            "batch_size": meta["batch_size"],
+            "budget": meta.get("max_steps") or f"{meta.get('epochs')} epochs",
+            "steps": meta["training_steps"],
+            "stop_reason": meta["stop_reason"],
+            "validation_ndcg@10": None if args.label_free else score(pair.query_model, splits.validation, documents),
+            "teacher_validation_ndcg@10": teacher_ndcg,
+            "validation_cosine": agreement(pair.query_model, teacher, splits.validation),
+            "seconds": round(time.perf_counter() - start, 1),
+            "threads": torch.get_num_threads(),
+        }
+        print(json.dumps(row), flush=True)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with RESULTS.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+def print_summary() -> None:
+    rows = [json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    keys = ["teacher", "layers", "kept_layers", "pseudo_queries", "learning_rate", "batch_size", "budget", "steps",
+            "stop_reason", "validation_ndcg@10", "validation_cosine", "seconds"]
+    print("| " + " | ".join(keys) + " | % of teacher |")
+    print("|" + "---|" * (len(keys) + 1))
+    for row in rows:
+        ndcg, teacher = row["validation_ndcg@10"], row["teacher_validation_ndcg@10"]
+        percent = f"{100 * ndcg / teacher:.1f} %" if ndcg is not None else "-"
+        print("| " + " | ".join(str(row[k]) for k in keys) + f" | {percent} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""align's recipe: a step budget that does not grow with the queries, and label-free early stopping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_model
+
+import kale_st
+from kale_st.align import _carve
+from kale_st.recipe import DEFAULT_RECIPE, MAX_HELD_OUT, MIN_QUERIES, held_out_size
+
+WORDS = "the a cat dog query document dense model layer fast slow retrieval with on is".split()
+
+
+def queries(count: int) -> list[str]:
+    """``count`` distinct short queries over the tiny vocabulary."""
+    return [" ".join(WORDS[(i // len(WORDS) ** j) % len(WORDS)] for j in range(4)) + f" {i}" for i in range(count)]
+
+
+def test_held_out_slice_bounds() -> None:
+    assert held_out_size(MIN_QUERIES - 1) == 0
+    assert held_out_size(MIN_QUERIES) == round(MIN_QUERIES * 0.05)
+    assert held_out_size(10**7) == MAX_HELD_OUT
+    texts, held = _carve(queries(1000), 50, seed=1)
+    assert len(held) == 50 and len(texts) == 950 and not set(held) & set(texts)
+    assert _carve(queries(1000), 50, seed=1) == (texts, held)  # seeded
+
+
+def test_step_budget_is_independent_of_the_number_of_queries(tmp_path: Path) -> None:
+    model = tiny_model(tmp_path / "m")
+    few = kale_st.align(model, queries(64), max_steps=12, batch_size=8, early_stopping=False).metadata
+    many = kale_st.align(model, queries(2000), max_steps=12, batch_size=8, early_stopping=False).metadata
+    assert few["training_steps"] == many["training_steps"] == 12
+    assert few["stop_reason"] == many["stop_reason"] == "step budget"
+    default = kale_st.align(model, queries(64), batch_size=8, learning_rate=1e-3).metadata
+    assert default["max_steps"] == default["training_steps"] == DEFAULT_RECIPE.max_steps and "epochs" not in default
+
+
+def test_early_stopping_stops_and_keeps_the_best_student(tmp_path: Path) -> None:
+    model = tiny_model(tmp_path / "m")
+    texts = queries(MIN_QUERIES)
+    # A learning rate far too high: agreement peaks early, then gets worse, so training stops before the budget.
+    pair = kale_st.align(model, texts, max_steps=240, batch_size=16, learning_rate=0.5, seed=3)
+    meta = pair.metadata
+    stopping = meta["early_stopping"]
+    assert meta["stop_reason"] == stopping["stop_reason"] == "early stopping"
+    assert meta["training_steps"] < 240 and stopping["held_out_queries"] == held_out_size(MIN_QUERIES)
+    assert meta["num_queries"] == MIN_QUERIES  # the slice is counted among the alignment queries
+    # The returned student is the best one seen, not the last one: its agreement on the slice is the recorded best.
+    _, held = _carve(texts, held_out_size(MIN_QUERIES), seed=3)
+    teacher = model.encode_query(held, convert_to_tensor=True)
+    student = pair.query_model.encode_query(held, convert_to_tensor=True)
+    assert -100 * torch.mean((teacher - student) ** 2).item() == pytest.approx(stopping["best_agreement"], rel=1e-4)
+    assert stopping["best_step"] < meta["training_steps"]
+
+
+def test_budget_or_epochs_not_both(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not both"):
+        kale_st.align(tiny_model(tmp_path / "m"), queries(8), max_steps=3, epochs=1)
