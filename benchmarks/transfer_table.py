@@ -28,7 +28,6 @@ import argparse
 import json
 import platform
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -105,7 +104,7 @@ def main() -> None:
             documents = corpus_embeddings(teacher, splits)
             base = {"validation": score(teacher, splits.validation, documents),
                     "test": score(teacher, splits.test, documents)}
-            upsert(rows, {"teacher": name, "layers": total, "row": "teacher", **base, "steps": 0, "seconds": 0.0}, True)
+            upsert(rows, {"teacher": name, "layers": total, "row": "teacher", **base, "steps": 0, "seconds": 0.0})
         for layers in args.layers:
             for row in wanted:
                 key = {"teacher": name, "layers": layers, "row": row}
@@ -118,7 +117,7 @@ def main() -> None:
                           "test": score(model, splits.test, documents)}
                 record["percent_of_teacher"] = round(100 * record["test"] / base["test"], 1)
                 print(json.dumps(record), flush=True)
-                upsert(rows, record, True)
+                upsert(rows, record)
                 save(rows, results.get("cost"))
     if args.align_only:
         return
@@ -141,12 +140,12 @@ def cost_check(splits) -> dict:
     return {"seconds_800": seconds[800], "seconds_8000": seconds[8000], "ratio": round(seconds[8000] / seconds[800], 2)}
 
 
-def upsert(rows: list[dict], record: dict, replace: bool) -> None:
+def upsert(rows: list[dict], record: dict) -> None:
+    """Put ``record`` in ``rows``, replacing the row of the same teacher, layer count and kind."""
     key = ("teacher", "layers", "row")
     for i, row in enumerate(rows):
         if all(row.get(k) == record.get(k) for k in key):
-            if replace:
-                rows[i] = record
+            rows[i] = record
             return
     rows.append(record)
 
