@@ -2,28 +2,44 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import random
 import tempfile
 import time
+from array import array
+from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
+from accelerate.utils import broadcast_object_list
+from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.evaluation import MSEEvaluator
 from sentence_transformers.sentence_transformer.losses import MSELoss
 from torch import nn
+from transformers.trainer_utils import get_last_checkpoint
 
 from kale_st.loss import DEFAULT_TEMPERATURE, KALELoss
 from kale_st.pair import AsymmetricPair, task_model
-from kale_st.pruning import num_layers, prune_layers, pruning_info
+from kale_st.pruning import prune_layers, pruning_info, restore_lineage
+from kale_st.queries import (
+    CorpusLike,
+    QueriesLike,
+    iter_corpus,
+    iter_queries,
+    load_corpus,
+    load_queries,
+    pseudo_queries,
+)
 from kale_st.recipe import EVALUATIONS, EarlyStopping, held_out_size, recipe_for
-from kale_st.queries import CorpusLike, QueriesLike, load_corpus, load_queries, pseudo_queries
 from kale_st.static import static_student
-from kale_st.targets import teacher_targets
+from kale_st.targets import distributed_state, teacher_targets
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +52,10 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
 DEFAULT_PSEUDO_QUERIES = 10_000
 #: With fewer alignment queries the default layer choice is ``spread``: ``search``'s probe needs 2 per fold.
 SEARCH_MIN_QUERIES = 8
+#: The layer search samples at most this many of the first alignment queries.
+SEARCH_SAMPLE_LIMIT = 50_000
+#: In ``checkpoint_dir``: the student's layers and lineage, written when a run starts, read when it resumes.
+STUDENT_FILE = "kale_student.json"
 #: Name of the early-stopping evaluator (its metrics read ``eval_<name>_negative_mse``).
 STOPPING_NAME = "held-out-alignment"
 
@@ -60,6 +80,8 @@ def align(
     query_column: str | None = None,
     output_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume_from_checkpoint: bool | str | None = None,
     base_model: str | None = None,
     **training_args: Any,
 ) -> AsymmetricPair:
@@ -67,12 +89,14 @@ def align(
 
     The run is bounded by a step budget, not by epochs, so its cost does not grow with the number of queries beyond
     encoding them once with the teacher; it stops earlier when the student's agreement with the teacher on a held-out
-    slice of the alignment queries (carved automatically, label-free) stops improving (:mod:`kale_st.recipe`).
+    slice of the alignment queries (carved automatically, label-free) stops improving (:mod:`kale_st.recipe`). The
+    queries are streamed into the teacher targets on disk, so memory does not grow with them either.
 
     Args:
         model: A trained SentenceTransformer (teacher and document encoder at once), or a query/document
             ``Router`` model (its query route is the teacher, its document route is kept). Never modified.
-        queries: Alignment queries: a list of strings, a ``datasets.Dataset`` or a text/JSONL file path.
+        queries: Alignment queries: a list of strings, a ``datasets.Dataset``, a text/JSONL file path, or any iterable
+            of strings (a generator, a streamed dataset), read once.
         corpus: Documents to cut pseudo-queries from (:func:`kale_st.pseudo_queries`), ideally those the document
             encoder indexed: a list of strings, a dict id -> text, a Dataset, a text/JSONL file or a BEIR folder.
             With ``queries`` the pseudo-queries join the real ones; without, they are the whole alignment set.
@@ -93,7 +117,14 @@ def align(
             ``corpus`` (default ``text``).
         output_dir: If set, the pair is saved there (``query/``, ``document/``, ``kale_pair.json``).
         cache_dir: Where the teacher's targets are kept and reused by later runs with the same teacher and queries
-            (:func:`kale_st.targets.teacher_targets`); default a temporary folder. Several machines: a shared folder.
+            (:func:`kale_st.targets.teacher_targets`); default ``checkpoint_dir/targets`` with ``checkpoint_dir``, else
+            a temporary folder. Several machines: a shared folder.
+        checkpoint_dir: If set, the Trainer saves a checkpoint there (safetensors, the last 2 kept) every twelfth of
+            the run (when early stopping evaluates), and the student's layers in ``kale_student.json``, so a long run
+            can resume. A new run needs a folder without checkpoints.
+        resume_from_checkpoint: ``True``: resume from the latest ``checkpoint-*`` of ``checkpoint_dir``; a path: from
+            that checkpoint. The resumed run rebuilds the same student (no new layer search) and goes on with the
+            Trainer's optimizer, scheduler and random state and the early-stopping state of the checkpoint.
         base_model: Hub id ``model`` is an unchanged copy of, for a local folder (``None``: inferred, see
             :func:`kale_st.pruning.source_name`); the pair's ``source_model``, its cards' ``base_model`` and titles.
         **training_args: Extra ``SentenceTransformerTrainingArguments`` (for example ``bf16=True``).
@@ -114,37 +145,43 @@ def align(
         raise ValueError("align needs queries=..., corpus=... (the documents to make pseudo-queries from), or both.")
     if max_steps is not None and epochs is not None:
         raise ValueError(f"max_steps={max_steps} and epochs={epochs}: pass a step budget or a number of epochs, not both.")
-    texts, source = _alignment_queries(queries, corpus, num_pseudo_queries, query_column, seed)
+    checkpoint = _checkpoint(checkpoint_dir, resume_from_checkpoint)
+    plan = _student_plan(checkpoint, layers) if checkpoint is not None else None
     held_out = load_queries(eval_queries, query_column) if eval_queries is not None else None
     if output_dir is not None and Path(output_dir).exists() and any(Path(output_dir).iterdir()):
         raise ValueError(f"output_dir {str(output_dir)!r} exists and is not empty: pass a new or empty folder.")
 
     teacher = task_model(model, "query")
-    if layers == 0:  # no transformer layer: a static token table (kale_st.static)
-        student = static_student(teacher, base_model=base_model)
-    else:
-        # A layer search samples the real queries when there are enough: pseudo-queries only stand in for them.
-        sample = texts[: source.get("real_queries", len(texts))]
-        sample = sample if len(sample) >= SEARCH_MIN_QUERIES else texts
-        if strategy is None:
-            strategy = "search" if len(sample) >= SEARCH_MIN_QUERIES else "spread"
-        student = prune_layers(teacher, layers, strategy=strategy, queries=sample, base_model=base_model)
-    recipe = recipe_for(num_layers(student))
+    if layers != 0 and plan is None:
+        prune_layers(teacher, layers, base_model=base_model)  # a bad ``layers`` fails now, before any query is encoded
+    recipe = recipe_for(layers if isinstance(layers, int) else len(layers))
     learning_rate = recipe.learning_rate if learning_rate is None else learning_rate
     batch_size = recipe.batch_size if batch_size is None else batch_size
     if epochs is None:
         max_steps = recipe.max_steps if max_steps is None else max_steps
     prompt = teacher.prompts.get("query") or None
+    if checkpoint_dir is not None and cache_dir is None:
+        cache_dir = Path(checkpoint_dir) / "targets"  # a resumed run reads them back instead of encoding again
     start = time.perf_counter()
-    slice_size = held_out_size(len(texts)) if early_stopping else 0
-    texts, stopping_queries = _carve(texts, slice_size, seed)
-    train_dataset = teacher_targets(teacher, texts, batch_size=batch_size, cache_dir=cache_dir)  # on disk, mapped
+    source: dict[str, Any] = {"query_source": "queries" if corpus is None else "pseudo" if queries is None else "both"}
+    texts = _alignment_queries(queries, corpus, num_pseudo_queries, query_column, seed, source)
+    dataset = teacher_targets(teacher, texts, batch_size=batch_size, cache_dir=cache_dir)  # every text, on disk, mapped
+    source = _from_main_process(source, teacher)  # only the main process read the texts and counted them
+    student = _student(teacher, dataset, layers, strategy, plan, source.get("real_queries", len(dataset)), base_model)
+    if checkpoint_dir is not None:
+        _write_json(Path(checkpoint_dir) / STUDENT_FILE, {"layers": layers, "lineage": pruning_info(student)})
+    slice_size = held_out_size(len(dataset)) if early_stopping else 0
+    train_dataset, stopping_queries = _carve(dataset, slice_size, seed)
     before = _agreement(teacher, student, held_out, batch_size) if held_out else None
 
-    total_steps = max_steps if epochs is None else math.ceil(epochs * len(texts) / batch_size)
+    total_steps = max_steps if epochs is None else math.ceil(epochs * len(train_dataset) / batch_size)
+    interval = max(1, total_steps // EVALUATIONS)
     stopper = EarlyStopping(student, f"eval_{STOPPING_NAME}_negative_mse") if stopping_queries else None
+    if stopper is not None and checkpoint is not None:
+        stopper.load(checkpoint)
     train_loss = LOSSES[loss](student, temperature)
-    with tempfile.TemporaryDirectory(prefix="kale-train-") as scratch:
+    scratch = tempfile.TemporaryDirectory(prefix="kale-train-") if checkpoint_dir is None else None
+    with scratch or nullcontext(str(checkpoint_dir)) as training_dir:
         settings = {
             "num_train_epochs": epochs or 1,
             "max_steps": max_steps if epochs is None else -1,
@@ -154,18 +191,20 @@ def align(
             "seed": seed,
             "data_seed": seed,
             "prompts": prompt,
-            "save_strategy": "no",
+            "save_strategy": "no" if checkpoint_dir is None else "steps",
             "report_to": "none",
-            "logging_steps": max(1, total_steps // EVALUATIONS),
+            "logging_steps": interval,
             # Train where the model lives; on CPU this is also what makes torchrun/accelerate use gloo DDP.
             "use_cpu": teacher.device.type == "cpu",
         }
+        if checkpoint_dir is not None:
+            settings |= {"save_steps": interval, "save_total_limit": 2}
         evaluator = None
         if stopper is not None:
             evaluator = MSEEvaluator(stopping_queries, stopping_queries, teacher_model=teacher, batch_size=batch_size,
                                      name=STOPPING_NAME)
-            settings |= {"eval_strategy": "steps", "eval_steps": max(1, total_steps // EVALUATIONS)}
-        args = SentenceTransformerTrainingArguments(output_dir=scratch, **{**settings, **training_args})
+            settings |= {"eval_strategy": "steps", "eval_steps": interval}
+        args = SentenceTransformerTrainingArguments(output_dir=training_dir, **{**settings, **training_args})
         trainer = SentenceTransformerTrainer(
             model=student,
             args=args,
@@ -174,7 +213,7 @@ def align(
             evaluator=evaluator,
             callbacks=[stopper] if stopper is not None else None,
         )
-        trainer.train()
+        trainer.train(resume_from_checkpoint=checkpoint)
     student.eval()
     seconds = time.perf_counter() - start
 
@@ -188,7 +227,7 @@ def align(
         "loss": type(train_loss).__name__,
         "loss_config": train_loss.get_config_dict() if hasattr(train_loss, "get_config_dict") else {},
         **source,
-        "num_queries": len(texts) + len(stopping_queries),
+        "num_queries": len(dataset),
         **({"epochs": epochs} if epochs is not None else {"max_steps": max_steps}),
         "batch_size": batch_size,
         "learning_rate": learning_rate,
@@ -212,27 +251,121 @@ def align(
 
 
 def _alignment_queries(
-    queries: QueriesLike | None, corpus: CorpusLike | None, num_pseudo_queries: int, column: str | None, seed: int
-) -> tuple[list[str], dict[str, Any]]:
-    """The alignment texts: the real queries, then pseudo-queries from ``corpus`` that are not among them."""
-    texts = load_queries(queries, column) if queries is not None else []
-    source: dict[str, Any] = {"query_source": "queries" if corpus is None else "pseudo" if queries is None else "both"}
-    if corpus is not None:
-        documents = load_corpus(corpus, column)
-        seen = {text.lower() for text in texts}
-        pseudo = [q for q in pseudo_queries(documents, num_pseudo_queries, seed=seed) if q.lower() not in seen]
-        logger.info("Made %d pseudo-queries from %d corpus documents.", len(pseudo), len(documents))
-        source |= {"real_queries": len(texts), "pseudo_queries": len(pseudo), "corpus_documents": len(documents)}
-        texts = texts + pseudo
-    return texts, source
+    queries: QueriesLike | None,
+    corpus: CorpusLike | None,
+    num_pseudo_queries: int,
+    column: str | None,
+    seed: int,
+    source: dict[str, Any],
+) -> Iterator[str]:
+    """Stream the alignment texts: the real queries, then pseudo-queries from ``corpus`` that are not among them.
+
+    Memory keeps 8 bytes a real query (the hash of its lowercased text, for the dedupe), never the texts. With a corpus,
+    ``source`` gets ``real_queries``, ``pseudo_queries`` and ``corpus_documents`` once the stream is exhausted.
+    """
+    real = array("q")
+    if queries is not None:
+        for text in iter_queries(queries, column):
+            real.append(hash(text.lower()))
+            yield text
+        if not real:
+            raise ValueError("queries is empty: alignment needs at least one query.")
+    if corpus is None:
+        return
+    if isinstance(corpus, Iterator):  # pseudo_queries reads the corpus twice
+        corpus = load_corpus(corpus, column)
+    pseudo = pseudo_queries(corpus, num_pseudo_queries, seed=seed, column=column)
+    hashes = np.fromiter((hash(text.lower()) for text in pseudo), dtype=np.int64, count=len(pseudo))
+    known = np.isin(hashes, np.frombuffer(real, dtype=np.int64))
+    pseudo = [text for text, is_real in zip(pseudo, known) if not is_real]
+    documents = sum(1 for _ in iter_corpus(corpus, column))
+    logger.info("Made %d pseudo-queries from %d corpus documents.", len(pseudo), documents)
+    source |= {"real_queries": len(real), "pseudo_queries": len(pseudo), "corpus_documents": documents}
+    yield from pseudo
 
 
-def _carve(texts: list[str], size: int, seed: int) -> tuple[list[str], list[str]]:
-    """Split ``size`` seeded random texts off ``texts``: (the rest in their order, the held-out slice)."""
+def _from_main_process(source: dict[str, Any], teacher: SentenceTransformer) -> dict[str, Any]:
+    """The main process's ``source`` on every process (under torchrun, only the main process reads the texts)."""
+    state = distributed_state(teacher)
+    return source if state is None or state.num_processes == 1 else broadcast_object_list([source])[0]
+
+
+def _student(
+    teacher: SentenceTransformer,
+    dataset: Dataset,
+    layers: int | list[int],
+    strategy: str | None,
+    plan: dict[str, Any] | None,
+    real_queries: int,
+    base_model: str | None,
+) -> SentenceTransformer:
+    """The student: a static token table (``layers=0``), the recorded layers of a resumed run (``plan``), or the
+    teacher pruned by ``strategy``, a layer search measuring the first queries of ``dataset`` by default."""
+    if layers == 0:  # no transformer layer: a static token table (kale_st.static)
+        return static_student(teacher, base_model=base_model)
+    if plan is not None:  # the layers the interrupted run chose: no new search
+        student = prune_layers(teacher, plan["lineage"]["kept_layers"], base_model=base_model)
+        restore_lineage(student, plan["lineage"])
+        return student
+    # A layer search samples the real queries when there are enough: pseudo-queries only stand in for them.
+    count = real_queries if real_queries >= SEARCH_MIN_QUERIES else len(dataset)
+    if strategy is None:
+        strategy = "search" if count >= SEARCH_MIN_QUERIES else "spread"
+    sample = list(dataset.select(range(min(count, SEARCH_SAMPLE_LIMIT)))["query"])
+    return prune_layers(teacher, layers, strategy=strategy, queries=sample, base_model=base_model)
+
+
+def _carve(dataset: Dataset, size: int, seed: int) -> tuple[Dataset, list[str]]:
+    """Split ``size`` seeded random rows off ``dataset``: (the other rows in their order, the held-out texts)."""
     if size == 0:
-        return texts, []
-    held = set(random.Random(seed).sample(range(len(texts)), size))
-    return [t for i, t in enumerate(texts) if i not in held], [texts[i] for i in sorted(held)]
+        return dataset, []
+    held = np.zeros(len(dataset), dtype=bool)
+    held[random.Random(seed).sample(range(len(dataset)), size)] = True
+    return dataset.select(np.flatnonzero(~held)), list(dataset.select(np.flatnonzero(held))["query"])
+
+
+def _checkpoint(checkpoint_dir: str | os.PathLike | None, resume: bool | str | None) -> str | None:
+    """The checkpoint to resume from: ``resume`` (a path), the latest of ``checkpoint_dir`` (``True``), or none."""
+    found = checkpoint_dir is not None and Path(checkpoint_dir).is_dir()
+    latest = get_last_checkpoint(checkpoint_dir) if found else None
+    if not resume:
+        if latest is not None:
+            raise ValueError(f"checkpoint_dir {str(checkpoint_dir)!r} holds checkpoints of an earlier run: pass "
+                             "resume_from_checkpoint=True to go on from the latest, or a new folder.")
+        return None
+    if resume is not True:
+        if not Path(resume).is_dir():
+            raise ValueError(f"resume_from_checkpoint={str(resume)!r} is not a checkpoint folder (checkpoint-<step>).")
+        return str(resume)
+    if checkpoint_dir is None:
+        raise ValueError("resume_from_checkpoint=True resumes from the latest checkpoint of checkpoint_dir: pass "
+                         "checkpoint_dir=<the interrupted run's folder>, or a checkpoint path.")
+    if latest is None:
+        raise ValueError(f"checkpoint_dir {str(checkpoint_dir)!r} has no checkpoint-<step> folder to resume from: "
+                         "start without resume_from_checkpoint.")
+    return latest
+
+
+def _student_plan(checkpoint: str, layers: int | list[int]) -> dict[str, Any]:
+    """What the run that saved ``checkpoint`` recorded of its student (:data:`STUDENT_FILE`, next to it)."""
+    path = Path(checkpoint).parent / STUDENT_FILE
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} is missing: the run that saved {checkpoint!r} records its student's layers "
+                         "there, and resuming rebuilds that student.")
+    plan = json.loads(path.read_text())
+    if plan["layers"] != (layers if isinstance(layers, int) else list(layers)):
+        raise ValueError(f"The checkpoint's run had layers={plan['layers']!r}, this one layers={layers!r}: resume with "
+                         "the same layers.")
+    return plan
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` through a temporary file renamed into place: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(handle, "w") as file:
+        json.dump(data, file, indent=2)
+    os.replace(temporary, path)
 
 
 def _agreement(

@@ -134,6 +134,14 @@ def pruning_info(model: SentenceTransformer, route: str | None = None) -> dict[s
     return None
 
 
+def restore_lineage(model: SentenceTransformer, lineage: dict[str, Any]) -> None:
+    """Record ``lineage`` (a :func:`pruning_info` dict) in every transformer of ``model`` and in its model card: a
+    student rebuilt from explicit indices then reads as the one it rebuilds (its strategy, its layer search)."""
+    for _, module in _transformer_modules(model, None):
+        setattr(module.auto_model.config, LINEAGE_KEY, dict(lineage))
+    model.model_card_data.kale = dict(lineage)
+
+
 def num_layers(model: SentenceTransformer, route: str | None = None) -> int:
     """The number of transformer layers of ``model`` (of ``route`` for a Router model); 0 for static embeddings."""
     if _static_embedding(model, route) is not None:

@@ -13,12 +13,17 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,9 @@ PATIENCE = 3
 HELD_OUT_FRACTION = 0.05
 MAX_HELD_OUT = 500
 MIN_QUERIES = 640
+#: Early stopping's state in a checkpoint folder: its counters and the best weights so far.
+STATE_FILE = "early_stopping.json"
+WEIGHTS_FILE = "early_stopping.safetensors"
 
 
 def recipe_for(num_layers: int) -> Recipe:
@@ -68,7 +76,8 @@ class EarlyStopping(TrainerCallback):
 
     Unlike transformers' ``EarlyStoppingCallback`` it needs no checkpoint on disk (the best weights are kept in memory,
     on the CPU), so it behaves the same on every DDP rank. After training, ``stop_reason`` is ``"early stopping"`` or
-    ``"step budget"`` and ``best_step`` the step whose weights were kept.
+    ``"step budget"`` and ``best_step`` the step whose weights were kept. When the Trainer saves checkpoints, each gets
+    the callback's state too (:data:`STATE_FILE`, :data:`WEIGHTS_FILE`); :meth:`load` reads it back for a resumed run.
     """
 
     def __init__(self, model: torch.nn.Module, metric: str, patience: int = PATIENCE) -> None:
@@ -97,6 +106,25 @@ class EarlyStopping(TrainerCallback):
             self.model.load_state_dict(self.best_state)
             logger.info("Early stopping: kept the weights of step %d (agreement %s).", self.best_step, self.best)
         self.best_state = None
+
+    def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        """Write the state into the checkpoint folder the Trainer has just saved (on the main process only)."""
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        saved = {"best": self.best, "best_step": self.best_step, "waited": self.waited, "stop_reason": self.stop_reason}
+        (folder / STATE_FILE).write_text(json.dumps(saved) + "\n")
+        if self.best_state is not None:
+            save_file({name: tensor.contiguous() for name, tensor in self.best_state.items()}, folder / WEIGHTS_FILE)
+
+    def load(self, checkpoint: str | os.PathLike) -> None:
+        """Take up the state :meth:`on_save` wrote into ``checkpoint`` (a ``checkpoint-<step>`` folder)."""
+        folder = Path(checkpoint)
+        saved = json.loads((folder / STATE_FILE).read_text())
+        self.best, self.best_step, self.waited, self.stop_reason = (
+            saved["best"], saved["best_step"], saved["waited"], saved["stop_reason"]
+        )
+        self.best_state = load_file(folder / WEIGHTS_FILE) if (folder / WEIGHTS_FILE).is_file() else None
 
     def summary(self) -> dict[str, Any]:
         return {"stop_reason": self.stop_reason, "best_step": self.best_step, "best_agreement": self.best}

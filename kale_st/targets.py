@@ -73,7 +73,7 @@ def teacher_targets(
         raise ValueError("texts is a single string: pass a list or an iterable of query strings.")
     if chunk_size < 1 or batch_size < 1:
         raise ValueError(f"chunk_size={chunk_size}, batch_size={batch_size}: both must be at least 1.")
-    state = _distributed_state(teacher)
+    state = distributed_state(teacher)
     world = state.num_processes if state else 1
     rank = state.process_index if state else 0
     if cache_dir is None and world > int(os.environ.get("LOCAL_WORLD_SIZE", world)):
@@ -130,7 +130,7 @@ def load_targets(folder: str | os.PathLike) -> Dataset:
     return shards[0] if len(shards) == 1 else concatenate_datasets(shards)
 
 
-def _distributed_state(teacher: SentenceTransformer) -> PartialState | None:
+def distributed_state(teacher: SentenceTransformer) -> PartialState | None:
     """Accelerate's process state under torchrun / accelerate launch (initialized as the Trainer will), else None."""
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if not launched and not (torch.distributed.is_available() and torch.distributed.is_initialized()):

@@ -14,10 +14,15 @@ import torch
 from conftest import SENTENCES, assert_same_state, state, tiny_model, tiny_router_model
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.evaluation import MSEEvaluator
+from test_pseudo_queries import CORPUS
+from test_recipe import held_out_slice, queries
 
 import kale_st
-from kale_st.recipe import recipe_for
 from kale_st.evaluation import load_beir
+from kale_st.recipe import held_out_size, recipe_for
+
+ALIGN = sys.modules["kale_st.align"]  # the module; kale_st.align is the function
 
 SCIFACT = Path(__file__).parents[1] / "benchmarks" / "data" / "scifact"
 QUERIES = [f"{a} {b} {c}" for a in ("the cat", "a dog", "query") for b in ("is", "on", "with") for c in ("fast", "dense model", "layer", "document")]
@@ -182,3 +187,38 @@ def test_recipe_defaults_depend_on_the_kept_layer_count(tmp_path: Path) -> None:
         assert (meta["learning_rate"], meta["batch_size"]) == (recipe_for(layers).learning_rate, recipe_for(layers).batch_size)
     assert (mine["epochs"], mine["learning_rate"], mine["batch_size"]) == (3, 1e-4, 8)
     assert mine["training_steps"] == 3 * 5 and mine["stop_reason"] == "epochs"  # 36 queries, batch 8: 5 steps an epoch
+
+
+def test_streamed_queries_give_the_same_student_and_the_same_early_stopping_slice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tiny_model(tmp_path / "m")
+    texts = queries(700)  # enough for a held-out slice
+    (tmp_path / "q.txt").write_text("\n".join(texts) + "\n")
+    slices: list[list[str]] = []
+
+    class Spy(MSEEvaluator):
+        def __init__(self, source: list[str], target: list[str], **kwargs) -> None:
+            if kwargs.get("name") == ALIGN.STOPPING_NAME:
+                slices.append(list(source))
+            super().__init__(source, target, **kwargs)
+
+    monkeypatch.setattr(ALIGN, "MSEEvaluator", Spy)
+    settings = {"corpus": CORPUS, "num_pseudo_queries": 16, "max_steps": 2, "batch_size": 16, "seed": 5}
+    pairs = [kale_st.align(model, source, **settings) for source in (texts, tmp_path / "q.txt", (t for t in texts))]
+    # What the list-based align held out: the real queries, the new pseudo-queries, a seeded sample of them all.
+    real = {text.lower() for text in texts}
+    everything = texts + [q for q in kale_st.pseudo_queries(CORPUS, 16, seed=5) if q.lower() not in real]
+    expected = held_out_slice(everything, held_out_size(len(everything)), seed=5)
+    assert len(expected) == 36 and slices == [expected] * 3
+    keys = ("num_queries", "real_queries", "pseudo_queries", "corpus_documents")
+    assert [[pair.metadata[key] for key in keys] for pair in pairs] == [[len(everything), 700, 16, 10]] * 3
+    first = weights(pairs[0].query_model)
+    for pair in pairs[1:]:
+        assert all(torch.equal(tensor, first[name]) for name, tensor in pair.query_model.state_dict().items())
+
+
+def test_layer_search_reads_only_the_first_queries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ALIGN, "SEARCH_SAMPLE_LIMIT", 10)
+    meta = kale_st.align(tiny_model(tmp_path / "m"), QUERIES, layers=2, max_steps=1, batch_size=8).metadata
+    assert meta["strategy"] == "search" and meta["layer_search"]["num_queries"] == 10

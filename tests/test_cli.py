@@ -139,6 +139,19 @@ def test_align_on_beir_train_queries_saves_the_pair(files: dict[str, Path], tmp_
     assert kale_st.AsymmetricPair.load(output).query_model.encode_query(["the cat"]).shape == (1, 32)
 
 
+def test_align_saves_checkpoints_and_resumes_from_them(files: dict[str, Path], tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    command = ("align", "--model", files["model"], "--queries", files["queries"], "--max-steps", 2, "--batch-size", 4,
+               "--checkpoint-dir", checkpoints)
+    run(*command, "--output", tmp_path / "a")
+    assert (checkpoints / "checkpoint-2" / "model.safetensors").is_file()
+    assert (checkpoints / "kale_student.json").is_file()
+    run(*command, "--resume", "--output", tmp_path / "b")  # the budget was spent: the checkpoint's student, as saved
+    first, resumed = (kale_st.AsymmetricPair.load(tmp_path / name) for name in ("a", "b"))
+    assert resumed.metadata["training_steps"] == 2 and resumed.metadata["kept_layers"] == first.metadata["kept_layers"]
+    assert (resumed.encode_query(QUERIES) == first.encode_query(QUERIES)).all()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="the onnx extra is not installed")
 def test_align_with_onnx_and_record_keeps_the_onnx_files(files: dict[str, Path], tmp_path: Path, capsys) -> None:
     output = tmp_path / "pair"
@@ -208,6 +221,7 @@ def test_library_noise_is_quiet_unless_verbose(files: dict[str, Path], tmp_path:
         (["prune", "--model", "{model}", "--layers", "9", "--output", "{tmp}/o"], "the model already has 4 layers"),
         (["align", "--queries", "{queries}", "--epochs", "0"], "argument --epochs: '0' is not a positive float"),
         (["align", "--model", "{model}", "--queries", "{queries}", "--output", "{full}"], "exists and is not empty"),
+        (["align", "--model", "{model}", "--queries", "{queries}", "--resume"], "--resume resumes from the latest checkpoint of --checkpoint-dir"),
         (["demo", "--model", "{model}", "--data", "{beir}", "--output", "{full}"], "exists and is not empty"),
         (["evaluate", "--model", "{model}", "--data", "{tmp}/nothing"], "corpus.jsonl is missing"),
         (["evaluate", "--model", "{pair}", "--document-model", "{model}", "--data", "{beir}"], "brings its own"),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_model
+from datasets import Dataset
 
 import kale_st
 from kale_st.align import _carve
@@ -20,13 +22,20 @@ def queries(count: int) -> list[str]:
     return [" ".join(WORDS[(i // len(WORDS) ** j) % len(WORDS)] for j in range(4)) + f" {i}" for i in range(count)]
 
 
+def held_out_slice(texts: list[str], size: int, seed: int) -> list[str]:
+    """The early-stopping slice align holds out: ``size`` seeded random texts, in their order."""
+    return [texts[i] for i in sorted(random.Random(seed).sample(range(len(texts)), size))]
+
+
 def test_held_out_slice_bounds() -> None:
     assert held_out_size(MIN_QUERIES - 1) == 0
     assert held_out_size(MIN_QUERIES) == round(MIN_QUERIES * 0.05)
     assert held_out_size(10**7) == MAX_HELD_OUT
-    texts, held = _carve(queries(1000), 50, seed=1)
+    train, held = _carve(Dataset.from_dict({"query": queries(1000)}), 50, seed=1)
+    texts = list(train["query"])
     assert len(held) == 50 and len(texts) == 950 and not set(held) & set(texts)
-    assert _carve(queries(1000), 50, seed=1) == (texts, held)  # seeded
+    assert held == held_out_slice(queries(1000), 50, seed=1)  # seeded: the slice a list of texts gave
+    assert texts == [text for text in queries(1000) if text not in held]  # the rest in their order
 
 
 def test_step_budget_is_independent_of_the_number_of_queries(tmp_path: Path) -> None:
@@ -50,7 +59,7 @@ def test_early_stopping_stops_and_keeps_the_best_student(tmp_path: Path) -> None
     assert meta["training_steps"] < 240 and stopping["held_out_queries"] == held_out_size(MIN_QUERIES)
     assert meta["num_queries"] == MIN_QUERIES  # the slice is counted among the alignment queries
     # The returned student is the best one seen, not the last one: its agreement on the slice is the recorded best.
-    _, held = _carve(texts, held_out_size(MIN_QUERIES), seed=3)
+    held = held_out_slice(texts, held_out_size(MIN_QUERIES), seed=3)
     teacher = model.encode_query(held, convert_to_tensor=True)
     student = pair.query_model.encode_query(held, convert_to_tensor=True)
     assert -100 * torch.mean((teacher - student) ** 2).item() == pytest.approx(stopping["best_agreement"], rel=1e-4)

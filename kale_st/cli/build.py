@@ -52,6 +52,9 @@ def align_command(args: argparse.Namespace) -> None:
         raise ValueError("pass --queries, --corpus (pseudo-queries from the documents) or both")
     if args.max_queries and args.queries is None:
         raise ValueError("--max-queries applies to --queries; with --corpus, --pseudo-queries sets how many")
+    if args.resume and args.checkpoint_dir is None:
+        raise ValueError("--resume resumes from the latest checkpoint of --checkpoint-dir: pass the interrupted run's "
+                         "--checkpoint-dir")
     data: dict = {}
     parts = []
     if args.queries is not None:
@@ -66,7 +69,7 @@ def align_command(args: argparse.Namespace) -> None:
     check_output(args.output, args.overwrite)
     say(message)
     pair = align(model, **data, loss=args.loss, base_model=base_model(args.model, args.base_model),
-                 **alignment(args))
+                 checkpoint_dir=args.checkpoint_dir, resume_from_checkpoint=args.resume, **alignment(args))
     pair.save(args.output, overwrite=args.overwrite, router=args.router, onnx=args.onnx)
     meta = pair.metadata
     print(
@@ -100,6 +103,7 @@ def register(add_command: AddCommand) -> None:
         "kale-st align --model my-model --queries queries.txt --layers 3 --epochs 10",
         "kale-st align --model default --queries benchmarks/data/scifact --layers 0 --output kale-static  # no layer",
         "kale-st align --model default --corpus benchmarks/data/scifact --pseudo-queries 1000  # no queries",
+        "kale-st align --model default --queries queries.txt --checkpoint-dir ckpt --resume  # after an interruption",
         details="The document encoder is the model itself, unchanged (kale_st.align). Without queries, --corpus makes "
         "pseudo-queries from the documents (kale_st.pseudo_queries). Writes query/, document/ "
         "and kale_pair.json with model cards.",
@@ -108,6 +112,8 @@ def register(add_command: AddCommand) -> None:
     add_queries(sub, split="train", corpus=True)
     add_alignment(sub)
     sub.add_argument("--loss", choices=sorted(LOSSES), default=ALIGN_DEFAULTS["loss"], help="default %(default)s")
+    sub.add_argument("--checkpoint-dir", help="save checkpoints (and the teacher targets) there, to resume a long run")
+    sub.add_argument("--resume", action="store_true", help="resume from the latest checkpoint of --checkpoint-dir")
     sub.add_argument("--router", action="store_true", help="also save router/: one model for both sides")
     add_onnx(sub)
     add_output(sub, DEFAULT_OUTPUT)
