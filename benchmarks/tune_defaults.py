@@ -6,7 +6,7 @@ queries; ``--label-free`` skips the index and the nDCG). The test split is never
 ``benchmarks/results/tune_defaults.jsonl``; ``--summary`` prints them as a Markdown table.
 
     python benchmarks/tune_defaults.py --teacher minilm --layers 2 --pseudo 0 1000 10000
-    python benchmarks/tune_defaults.py --teacher mpnet --layers 2 --lr 3e-4 1e-3 --steps 600
+    python benchmarks/tune_defaults.py --teacher mpnet --kept 0,11 --pseudo 10000 --lr 1e-3 3e-3 --temperature 0.1 0.2
     python benchmarks/tune_defaults.py --summary
 """
 
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from fetch_mpnet import cache_root
 from protocol import corpus_embeddings, load_teacher, score, scifact_splits
 
 import kale_st
@@ -44,6 +45,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[None], help="step budget; default: align's recipe")
     parser.add_argument("--batch-size", type=int, nargs="+", default=[None])
     parser.add_argument("--strategy", nargs="+", default=["spread"])
+    parser.add_argument("--kept", nargs="+", default=[None], help="exact kept layers, comma-separated (for example 0,11)")
+    parser.add_argument("--temperature", type=float, nargs="+", default=[None], help="default: KALELoss's")
     parser.add_argument("--epochs", type=float, default=None, help="epochs instead of a step budget")
     parser.add_argument("--no-early-stopping", action="store_true")
     parser.add_argument("--label-free", action="store_true", help="agreement only: no index, no nDCG")
@@ -56,9 +59,11 @@ def main() -> None:
     teacher = load_teacher(args.teacher)
     documents = None if args.label_free else corpus_embeddings(teacher, splits)
     teacher_ndcg = None if args.label_free else score(teacher, splits.validation, documents)
-    for layers, pseudo, lr, steps, batch, strategy in itertools.product(
-        args.layers, args.pseudo, args.lr, args.steps, args.batch_size, args.strategy
+    for layers, pseudo, lr, steps, batch, strategy, kept, temperature in itertools.product(
+        args.layers, args.pseudo, args.lr, args.steps, args.batch_size, args.strategy, args.kept, args.temperature
     ):
+        if kept is not None:
+            layers = [int(i) for i in kept.split(",")]
         start = time.perf_counter()
         pair = kale_st.align(
             teacher,
@@ -72,16 +77,19 @@ def main() -> None:
             epochs=args.epochs,
             batch_size=batch,
             early_stopping=not args.no_early_stopping,
+            cache_dir=cache_root() / "targets",  # the teacher's targets, reused across runs on the same queries
             disable_tqdm=True,
+            **({} if temperature is None else {"temperature": temperature}),
         )
         meta = pair.metadata
         row = {
             "teacher": args.teacher,
-            "layers": layers,
+            "layers": len(meta["kept_layers"]),
             "kept_layers": meta["kept_layers"],
             "strategy": strategy,
             "pseudo_queries": meta.get("pseudo_queries", 0),
             "learning_rate": meta["learning_rate"],
+            "temperature": meta["loss_config"].get("temperature"),
             "batch_size": meta["batch_size"],
             "budget": meta.get("max_steps") or f"{meta.get('epochs')} epochs",
             "steps": meta["training_steps"],
@@ -100,14 +108,14 @@ def main() -> None:
 
 def print_summary() -> None:
     rows = [json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines() if line.strip()]
-    keys = ["teacher", "layers", "kept_layers", "pseudo_queries", "learning_rate", "batch_size", "budget", "steps",
+    keys = ["teacher", "layers", "kept_layers", "pseudo_queries", "learning_rate", "temperature", "batch_size", "budget", "steps",
             "stop_reason", "validation_ndcg@10", "validation_cosine", "seconds"]
     print("| " + " | ".join(keys) + " | % of teacher |")
     print("|" + "---|" * (len(keys) + 1))
     for row in rows:
         ndcg, teacher = row["validation_ndcg@10"], row["teacher_validation_ndcg@10"]
         percent = f"{100 * ndcg / teacher:.1f} %" if ndcg is not None else "-"
-        print("| " + " | ".join(str(row[k]) for k in keys) + f" | {percent} |")
+        print("| " + " | ".join(str(row.get(k, "-")) for k in keys) + f" | {percent} |")
 
 
 if __name__ == "__main__":
