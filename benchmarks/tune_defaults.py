@@ -47,6 +47,9 @@ def main() -> None:
     parser.add_argument("--strategy", nargs="+", default=["spread"])
     parser.add_argument("--kept", nargs="+", default=[None], help="exact kept layers, comma-separated (for example 0,11)")
     parser.add_argument("--temperature", type=float, nargs="+", default=[None], help="default: KALELoss's")
+    parser.add_argument("--sampler", nargs="+", default=[None], choices=[None, "random", "length"],
+                        help="training batches: random, or grouped by length; default: align's")
+    parser.add_argument("--seed", type=int, nargs="+", default=[42])
     parser.add_argument("--epochs", type=float, default=None, help="epochs instead of a step budget")
     parser.add_argument("--no-early-stopping", action="store_true")
     parser.add_argument("--label-free", action="store_true", help="agreement only: no index, no nDCG")
@@ -59,8 +62,9 @@ def main() -> None:
     teacher = load_teacher(args.teacher)
     documents = None if args.label_free else corpus_embeddings(teacher, splits)
     teacher_ndcg = None if args.label_free else score(teacher, splits.validation, documents)
-    for layers, pseudo, lr, steps, batch, strategy, kept, temperature in itertools.product(
-        args.layers, args.pseudo, args.lr, args.steps, args.batch_size, args.strategy, args.kept, args.temperature
+    for layers, pseudo, lr, steps, batch, strategy, kept, temperature, sampler, seed in itertools.product(
+        args.layers, args.pseudo, args.lr, args.steps, args.batch_size, args.strategy, args.kept, args.temperature,
+        args.sampler, args.seed,
     ):
         if kept is not None:
             layers = [int(i) for i in kept.split(",")]
@@ -78,8 +82,10 @@ def main() -> None:
             batch_size=batch,
             early_stopping=not args.no_early_stopping,
             cache_dir=cache_root() / "targets",  # the teacher's targets, reused across runs on the same queries
+            seed=seed,
             disable_tqdm=True,
             **({} if temperature is None else {"temperature": temperature}),
+            **({"batch_sampler": "batch_sampler"} if sampler == "random" else {}),
         )
         meta = pair.metadata
         row = {
@@ -91,6 +97,8 @@ def main() -> None:
             "learning_rate": meta["learning_rate"],
             "temperature": meta["loss_config"].get("temperature"),
             "batch_size": meta["batch_size"],
+            "sampler": sampler or ("length" if meta["kept_layers"] else "random"),  # align's default
+            "seed": seed,
             "budget": meta.get("max_steps") or f"{meta.get('epochs')} epochs",
             "steps": meta["training_steps"],
             "stop_reason": meta["stop_reason"],
@@ -108,7 +116,7 @@ def main() -> None:
 
 def print_summary() -> None:
     rows = [json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines() if line.strip()]
-    keys = ["teacher", "layers", "kept_layers", "pseudo_queries", "learning_rate", "temperature", "batch_size", "budget", "steps",
+    keys = ["teacher", "layers", "kept_layers", "pseudo_queries", "learning_rate", "temperature", "batch_size", "sampler", "seed", "budget", "steps",
             "stop_reason", "validation_ndcg@10", "validation_cosine", "seconds"]
     print("| " + " | ".join(keys) + " | % of teacher |")
     print("|" + "---|" * (len(keys) + 1))

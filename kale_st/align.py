@@ -12,6 +12,7 @@ import time
 from array import array
 from collections.abc import Iterator
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from kale_st.loss import DEFAULT_TEMPERATURE, KALELoss
 from kale_st.pair import AsymmetricPair, task_model
-from kale_st.pruning import prune_layers, pruning_info, restore_lineage
+from kale_st.pruning import check_layers, prune_layers, pruning_info, restore_lineage
 from kale_st.queries import (
     CorpusLike,
     QueriesLike,
@@ -38,8 +39,9 @@ from kale_st.queries import (
     pseudo_queries,
 )
 from kale_st.recipe import EVALUATIONS, EarlyStopping, held_out_size, recipe_for
+from kale_st.sampler import LengthGroupedBatchSampler
 from kale_st.static import static_student
-from kale_st.targets import distributed_state, teacher_targets
+from kale_st.targets import ENCODE_BATCH_SIZE, distributed_state, teacher_targets
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +155,7 @@ def align(
 
     teacher = task_model(model, "query")
     if layers != 0 and plan is None:
-        prune_layers(teacher, layers, base_model=base_model)  # a bad ``layers`` fails now, before any query is encoded
+        check_layers(teacher, layers, base_model=base_model)  # a bad ``layers`` fails now, before any encoding
     recipe = recipe_for(layers if isinstance(layers, int) else len(layers))
     learning_rate = recipe.learning_rate if learning_rate is None else learning_rate
     batch_size = recipe.batch_size if batch_size is None else batch_size
@@ -165,18 +167,18 @@ def align(
     start = time.perf_counter()
     source: dict[str, Any] = {"query_source": "queries" if corpus is None else "pseudo" if queries is None else "both"}
     texts = _alignment_queries(queries, corpus, num_pseudo_queries, query_column, seed, source)
-    dataset = teacher_targets(teacher, texts, batch_size=batch_size, cache_dir=cache_dir)  # every text, on disk, mapped
+    dataset = teacher_targets(teacher, texts, cache_dir=cache_dir)  # every text, on disk, memory-mapped
     source = _from_main_process(source, teacher)  # only the main process read the texts and counted them
     student = _student(teacher, dataset, layers, strategy, plan, source.get("real_queries", len(dataset)), base_model)
     if checkpoint_dir is not None:
         _write_json(Path(checkpoint_dir) / STUDENT_FILE, {"layers": layers, "lineage": pruning_info(student)})
     slice_size = held_out_size(len(dataset)) if early_stopping else 0
-    train_dataset, stopping_queries = _carve(dataset, slice_size, seed)
-    before = _agreement(teacher, student, held_out, batch_size) if held_out else None
+    train_dataset, stopping = _carve(dataset, slice_size, seed)
+    before = _agreement(teacher, student, held_out) if held_out else None
 
     total_steps = max_steps if epochs is None else math.ceil(epochs * len(train_dataset) / batch_size)
     interval = max(1, total_steps // EVALUATIONS)
-    stopper = EarlyStopping(student, f"eval_{STOPPING_NAME}_negative_mse") if stopping_queries else None
+    stopper = EarlyStopping(student, f"eval_{STOPPING_NAME}_negative_mse") if stopping is not None else None
     if stopper is not None and checkpoint is not None:
         stopper.load(checkpoint)
     train_loss = LOSSES[loss](student, temperature)
@@ -186,6 +188,8 @@ def align(
             "num_train_epochs": epochs or 1,
             "max_steps": max_steps if epochs is None else -1,
             "per_device_train_batch_size": batch_size,
+            # Transformer students pad each batch to its longest query: batch queries of near-equal length.
+            **({"batch_sampler": partial(LengthGroupedBatchSampler, tokenizer=student.tokenizer)} if layers != 0 else {}),
             "learning_rate": learning_rate,
             "warmup_steps": 0.1,
             "seed": seed,
@@ -201,8 +205,8 @@ def align(
             settings |= {"save_steps": interval, "save_total_limit": 2}
         evaluator = None
         if stopper is not None:
-            evaluator = MSEEvaluator(stopping_queries, stopping_queries, teacher_model=teacher, batch_size=batch_size,
-                                     name=STOPPING_NAME)
+            evaluator = StoredTargetsMSEEvaluator(stopping["query"], np.asarray(stopping["label"], dtype=np.float32),
+                                                  batch_size=ENCODE_BATCH_SIZE, name=STOPPING_NAME)
             settings |= {"eval_strategy": "steps", "eval_steps": interval}
         args = SentenceTransformerTrainingArguments(output_dir=training_dir, **{**settings, **training_args})
         trainer = SentenceTransformerTrainer(
@@ -234,12 +238,12 @@ def align(
         "seed": seed,
         "training_steps": trainer.state.global_step,
         "stop_reason": stopper.stop_reason if stopper else ("epochs" if epochs is not None else "step budget"),
-        **({"early_stopping": {"held_out_queries": len(stopping_queries), **stopper.summary()}} if stopper else {}),
+        **({"early_stopping": {"held_out_queries": len(stopping), **stopper.summary()}} if stopper else {}),
         "world_size": args.world_size,
         "alignment_seconds": round(seconds, 1),
     }
     if held_out:
-        metadata["agreement"] = {"before": before, "after": _agreement(teacher, student, held_out, batch_size)}
+        metadata["agreement"] = {"before": before, "after": _agreement(teacher, student, held_out)}
         logger.info("Student-teacher agreement on %d held-out queries: %s", len(held_out), metadata["agreement"])
     # A Router model's document route becomes a plain document model: the pair saves and loads as two plain models.
     pair = AsymmetricPair(query_model=student, document_model=task_model(model, "document"), metadata=metadata)
@@ -315,13 +319,24 @@ def _student(
     return prune_layers(teacher, layers, strategy=strategy, queries=sample, base_model=base_model)
 
 
-def _carve(dataset: Dataset, size: int, seed: int) -> tuple[Dataset, list[str]]:
-    """Split ``size`` seeded random rows off ``dataset``: (the other rows in their order, the held-out texts)."""
+def _carve(dataset: Dataset, size: int, seed: int) -> tuple[Dataset, Dataset | None]:
+    """Split ``size`` seeded random rows off ``dataset``: (the other rows in their order, the held-out rows)."""
     if size == 0:
-        return dataset, []
+        return dataset, None
     held = np.zeros(len(dataset), dtype=bool)
     held[random.Random(seed).sample(range(len(dataset)), size)] = True
-    return dataset.select(np.flatnonzero(~held)), list(dataset.select(np.flatnonzero(held))["query"])
+    return dataset.select(np.flatnonzero(~held)), dataset.select(np.flatnonzero(held))
+
+
+class StoredTargetsMSEEvaluator(MSEEvaluator):
+    """sentence-transformers' ``MSEEvaluator`` whose teacher embeddings are given (the targets on disk), not encoded."""
+
+    def __init__(self, queries: list[str], targets: np.ndarray, **kwargs: Any) -> None:
+        self._targets = targets
+        super().__init__(queries, queries, teacher_model=None, **kwargs)
+
+    def embed_inputs(self, model: SentenceTransformer | None, sentences: list[str], **kwargs: Any) -> Any:
+        return self._targets if model is None else super().embed_inputs(model, sentences, **kwargs)
 
 
 def _checkpoint(checkpoint_dir: str | os.PathLike | None, resume: bool | str | None) -> str | None:
@@ -368,13 +383,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def _agreement(
-    teacher: SentenceTransformer, student: SentenceTransformer, queries: list[str], batch_size: int
-) -> dict[str, float]:
+def _agreement(teacher: SentenceTransformer, student: SentenceTransformer, queries: list[str]) -> dict[str, float]:
     """Student-teacher MSE (sentence-transformers' MSEEvaluator, x100) and mean cosine on ``queries``."""
-    evaluator = MSEEvaluator(queries, queries, teacher_model=teacher, batch_size=batch_size, name="held-out")
+    evaluator = MSEEvaluator(queries, queries, teacher_model=teacher, batch_size=ENCODE_BATCH_SIZE, name="held-out")
     mse = -evaluator(student)[evaluator.primary_metric]
-    s = student.encode_query(queries, batch_size=batch_size, convert_to_tensor=True)
+    s = student.encode_query(queries, batch_size=ENCODE_BATCH_SIZE, convert_to_tensor=True)
     t = torch.as_tensor(evaluator.source_embeddings, device=s.device)
     cosine = torch.nn.functional.cosine_similarity(s, t).mean().item()
     return {"mse_x100": round(float(mse), 6), "cosine": round(cosine, 6)}

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from kale_st.targets import ENCODE_BATCH_SIZE
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -152,7 +154,7 @@ def _encode(
     """Token states (a list, one unpadded tensor per text) or sentence embeddings, through the pruned route."""
     encode = model.encode_document if route == "document" else model.encode_query
     with torch.inference_mode():
-        encoded = encode(texts, batch_size=64, output_value=output, convert_to_tensor=output == "sentence_embedding",
+        encoded = encode(texts, batch_size=ENCODE_BATCH_SIZE, output_value=output, convert_to_tensor=output == "sentence_embedding",
                          show_progress_bar=False)
     if output == "sentence_embedding":
         return encoded.float().cpu()

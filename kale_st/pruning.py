@@ -74,13 +74,7 @@ def prune_layers(
         >>> local = SentenceTransformer("./minilm")  # a copy of sentence-transformers/all-MiniLM-L6-v2  # doctest: +SKIP
         >>> student = prune_layers(local, 2, base_model="sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
     """
-    if not isinstance(model, SentenceTransformer):
-        raise ValueError(f"prune_layers expects a SentenceTransformer, got {type(model).__name__}.")
-    if base_model is not None and not _is_repo_id(base_model):
-        raise ValueError(
-            f"base_model={base_model!r} is not a Hugging Face model id: pass the namespace/name the model was "
-            "downloaded from (for example 'sentence-transformers/all-MiniLM-L6-v2'), or None."
-        )
+    _check_arguments(model, base_model)
     context = LayerContext(model, queries, route)
     modules = _transformer_modules(model, route)
     plans = [(path, _kept_indices(module, layers, strategy, context)) for path, module in modules]
@@ -95,6 +89,30 @@ def prune_layers(
         pruned.model_card_data.base_model = lineage_source
     pruned.model_card_data.register_model(pruned)
     return pruned
+
+
+def check_layers(
+    model: SentenceTransformer, layers: int | Sequence[int], *, route: str | None = None, base_model: str | None = None
+) -> None:
+    """Raise the error :func:`prune_layers` would raise for ``layers`` and ``base_model``, without copying ``model``.
+
+    Example:
+        >>> check_layers(model, 7)  # a 6-layer model  # doctest: +SKIP
+        ValueError: layers=7: the model already has 6 layers; keep fewer (1 <= layers < 6).
+    """
+    _check_arguments(model, base_model)
+    for _, module in _transformer_modules(model, route):
+        _kept_indices(module, layers, "spread")  # the count and the indices; the strategy does not matter here
+
+
+def _check_arguments(model: SentenceTransformer, base_model: str | None) -> None:
+    if not isinstance(model, SentenceTransformer):
+        raise ValueError(f"prune_layers expects a SentenceTransformer, got {type(model).__name__}.")
+    if base_model is not None and not _is_repo_id(base_model):
+        raise ValueError(
+            f"base_model={base_model!r} is not a Hugging Face model id: pass the namespace/name the model was "
+            "downloaded from (for example 'sentence-transformers/all-MiniLM-L6-v2'), or None."
+        )
 
 
 def pruned_view(model: SentenceTransformer, layers: Sequence[int], route: str | None = None) -> SentenceTransformer:

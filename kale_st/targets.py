@@ -37,6 +37,9 @@ from kale_st.evaluation import fingerprint
 
 logger = logging.getLogger(__name__)
 
+#: Encoding batch size: on CPU, small batches of length-sorted queries encode fastest (MiniLM, 2 cores: 200 queries/s
+#: at 32, 185 at 64, 123 at 256).
+ENCODE_BATCH_SIZE = 32
 #: Texts encoded per call to ``encode_query`` and rows per Arrow record batch (about 15 MB of 384-d targets).
 DEFAULT_CHUNK_SIZE = 10_000
 _INFO = "targets.json"
@@ -46,7 +49,7 @@ def teacher_targets(
     teacher: SentenceTransformer,
     texts: Iterable[str],
     *,
-    batch_size: int = 64,
+    batch_size: int = ENCODE_BATCH_SIZE,
     cache_dir: str | os.PathLike | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     show_progress_bar: bool | None = None,

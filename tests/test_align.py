@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import SENTENCES, assert_same_state, state, tiny_model, tiny_router_model
@@ -21,6 +22,7 @@ from test_recipe import held_out_slice, queries
 import kale_st
 from kale_st.evaluation import load_beir
 from kale_st.recipe import held_out_size, recipe_for
+from kale_st.targets import teacher_targets
 
 ALIGN = sys.modules["kale_st.align"]  # the module; kale_st.align is the function
 
@@ -197,13 +199,12 @@ def test_streamed_queries_give_the_same_student_and_the_same_early_stopping_slic
     (tmp_path / "q.txt").write_text("\n".join(texts) + "\n")
     slices: list[list[str]] = []
 
-    class Spy(MSEEvaluator):
-        def __init__(self, source: list[str], target: list[str], **kwargs) -> None:
-            if kwargs.get("name") == ALIGN.STOPPING_NAME:
-                slices.append(list(source))
-            super().__init__(source, target, **kwargs)
+    class Spy(ALIGN.StoredTargetsMSEEvaluator):
+        def __init__(self, queries: list[str], targets, **kwargs) -> None:
+            slices.append(list(queries))
+            super().__init__(queries, targets, **kwargs)
 
-    monkeypatch.setattr(ALIGN, "MSEEvaluator", Spy)
+    monkeypatch.setattr(ALIGN, "StoredTargetsMSEEvaluator", Spy)
     settings = {"corpus": CORPUS, "num_pseudo_queries": 16, "max_steps": 2, "batch_size": 16, "seed": 5}
     pairs = [kale_st.align(model, source, **settings) for source in (texts, tmp_path / "q.txt", (t for t in texts))]
     # What the list-based align held out: the real queries, the new pseudo-queries, a seeded sample of them all.
@@ -222,3 +223,13 @@ def test_layer_search_reads_only_the_first_queries(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(ALIGN, "SEARCH_SAMPLE_LIMIT", 10)
     meta = kale_st.align(tiny_model(tmp_path / "m"), QUERIES, layers=2, max_steps=1, batch_size=8).metadata
     assert meta["strategy"] == "search" and meta["layer_search"]["num_queries"] == 10
+
+
+def test_early_stopping_takes_the_teacher_embeddings_from_the_stored_targets(tmp_path: Path) -> None:
+    teacher = tiny_model(tmp_path / "m")
+    student = kale_st.prune_layers(teacher, 2)
+    targets = teacher_targets(teacher, QUERIES)
+    stored = ALIGN.StoredTargetsMSEEvaluator(targets["query"], np.asarray(targets["label"], dtype=np.float32), name="s")
+    encoded = MSEEvaluator(QUERIES, QUERIES, teacher_model=teacher, name="s")
+    assert stored(student)["s_negative_mse"] == pytest.approx(encoded(student)["s_negative_mse"], rel=1e-5)
+    assert stored(teacher)["s_negative_mse"] == pytest.approx(0, abs=1e-9)

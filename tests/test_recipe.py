@@ -31,8 +31,8 @@ def test_held_out_slice_bounds() -> None:
     assert held_out_size(MIN_QUERIES - 1) == 0
     assert held_out_size(MIN_QUERIES) == round(MIN_QUERIES * 0.05)
     assert held_out_size(10**7) == MAX_HELD_OUT
-    train, held = _carve(Dataset.from_dict({"query": queries(1000)}), 50, seed=1)
-    texts = list(train["query"])
+    train, held_rows = _carve(Dataset.from_dict({"query": queries(1000)}), 50, seed=1)
+    texts, held = list(train["query"]), list(held_rows["query"])
     assert len(held) == 50 and len(texts) == 950 and not set(held) & set(texts)
     assert held == held_out_slice(queries(1000), 50, seed=1)  # seeded: the slice a list of texts gave
     assert texts == [text for text in queries(1000) if text not in held]  # the rest in their order
