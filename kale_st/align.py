@@ -191,7 +191,8 @@ def align(
             "max_steps": max_steps if epochs is None else -1,
             "per_device_train_batch_size": batch_size,
             # Transformer students pad each batch to its longest query: batch queries of near-equal length.
-            **({"batch_sampler": partial(LengthGroupedBatchSampler, tokenizer=student.tokenizer)} if layers != 0 else {}),
+            **({} if layers == 0 else {"batch_sampler": partial(LengthGroupedBatchSampler,
+                                                                tokenizer=student.tokenizer)}),
             "learning_rate": learning_rate,
             "warmup_steps": 0.1,
             "seed": seed,

@@ -154,8 +154,8 @@ def _encode(
     """Token states (a list, one unpadded tensor per text) or sentence embeddings, through the pruned route."""
     encode = model.encode_document if route == "document" else model.encode_query
     with torch.inference_mode():
-        encoded = encode(texts, batch_size=ENCODE_BATCH_SIZE, output_value=output, convert_to_tensor=output == "sentence_embedding",
-                         show_progress_bar=False)
+        encoded = encode(texts, batch_size=ENCODE_BATCH_SIZE, output_value=output,
+                         convert_to_tensor=output == "sentence_embedding", show_progress_bar=False)
     if output == "sentence_embedding":
         return encoded.float().cpu()
     return [tokens.float().cpu() for tokens in encoded]

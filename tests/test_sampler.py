@@ -1,4 +1,4 @@
-"""LengthGroupedBatchSampler: every query once an epoch, batches of near-equal token length, seeded, and align's default."""
+"""LengthGroupedBatchSampler: every query once an epoch, near-equal token lengths, seeded, align's default."""
 
 from __future__ import annotations
 
@@ -70,7 +70,9 @@ def test_lengths_follow_a_selection_of_the_dataset() -> None:
     assert sampler.lengths == [len(dataset[i]["query"]) for i in rows]
 
 
-def test_align_trains_transformer_students_on_length_grouped_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_align_trains_transformer_students_on_length_grouped_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     made: list[LengthGroupedBatchSampler] = []
 
     class Spy(LengthGroupedBatchSampler):
