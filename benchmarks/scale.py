@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--fp16", action="store_true")
     parser.add_argument("--work", default=".cache/kale_st/scale", help="where the query files are kept")
     parser.add_argument("--output", default=str(HERE / "results" / "scale"), help="results prefix (.json .md .png)")
+    parser.add_argument("--keep-targets", action="store_true",
+                        help="keep the encoded targets under --work (a rerun reads them instead of encoding)")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # JSON settings of one measured run
     args = parser.parse_args()
     if args.child:
@@ -105,7 +107,9 @@ def synthetic_queries(seed: int = 0) -> Iterator[str]:
 def run(args: argparse.Namespace, queries: Path, size: int, processes: int, work: Path) -> dict[str, Any]:
     """One measured run in fresh processes; returns the main process's record (and every process's peak RSS)."""
     scratch = Path(tempfile.mkdtemp(prefix="scale-", dir=work))
-    settings = {"queries": str(queries), "size": size, "out": str(scratch), "max_steps": args.max_steps,
+    cache = work / f"targets-{size}" if args.keep_targets and processes == 1 else scratch / "cache"
+    settings = {"queries": str(queries), "size": size, "out": str(scratch), "cache": str(cache),
+                "max_steps": args.max_steps,
                 "batch_size": args.batch_size // processes, "layers": args.layers, "bf16": args.bf16, "fp16": args.fp16}
     launcher = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", "29561"]
@@ -148,7 +152,8 @@ def child(settings: dict[str, Any]) -> None:
         return encode(texts, **kwargs)
 
     teacher.encode_query = counting
-    cache = Path(settings["out"]) / "cache"
+    cache = Path(settings["cache"])
+    phases = PhasePeaks("encoding")
     start = time.perf_counter()
     targets = teacher_targets(teacher, iter_queries(settings["queries"]), cache_dir=cache)
     encoding_s = time.perf_counter() - start
@@ -157,6 +162,7 @@ def child(settings: dict[str, Any]) -> None:
     cached_s = time.perf_counter() - start
     assert len(targets) == len(cached) == settings["size"]
     after_targets_gb = rss_gb()
+    phases.phase = "trainer setup"
 
     with tempfile.TemporaryDirectory(prefix="scale-train-") as scratch:
         args = SentenceTransformerTrainingArguments(
@@ -167,7 +173,9 @@ def child(settings: dict[str, Any]) -> None:
             batch_sampler=partial(LengthGroupedBatchSampler, tokenizer=student.tokenizer),  # as align trains
         )
         trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=targets, loss=KALELoss(student))
+        phases.phase = "training"
         metrics = trainer.train().metrics
+    phases.phase = "probe"
     student.eval()
     probe = student.encode_query(list(islice(iter_queries(settings["queries"]), PROBES)), convert_to_numpy=True)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
@@ -180,6 +188,7 @@ def child(settings: dict[str, Any]) -> None:
         "models_rss_gb": round(models_gb, 3),
         "after_targets_rss_gb": round(after_targets_gb, 3),
         "peak_rss_gb": round(peak_gb, 3),
+        "peak_above_models_gb_by_phase": {k: round(v - models_gb, 3) for k, v in phases.stop().items()},
         "above_models_gb": round(peak_gb - models_gb, 3),
         "encoded": encoded,
         "target_encoding_s": round(encoding_s, 2),
@@ -188,6 +197,27 @@ def child(settings: dict[str, Any]) -> None:
         "probe": probe.tolist(),
     }
     (Path(settings["out"]) / f"rank{rank}.json").write_text(json.dumps(record))
+
+
+class PhasePeaks:
+    """The highest RSS of this process in each named phase, sampled every 50 ms by a background thread."""
+
+    def __init__(self, phase: str) -> None:
+        import threading
+
+        self.phase, self.peaks, self._running = phase, {}, True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while self._running:
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss_gb())
+            time.sleep(0.05)
+
+    def stop(self) -> dict[str, float]:
+        self._running = False
+        self._thread.join()
+        return self.peaks
 
 
 def rss_gb() -> float:
@@ -224,6 +254,9 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) 
                f"all-MiniLM-L6-v2 teacher, {args.layers}-layer student, {args.max_steps} steps at global batch "
                f"{args.batch_size}; whole run {seconds / 60:.1f} min.")
     table = "\n".join([HEADER, "|" + "---|" * HEADER.count(" | ") + "---|", *map(format_row, rows)])
+    phases = [f"{r['queries']:,} queries, {r['processes']} process(es): " + ", ".join(
+        f"{name} {gb:.2f}" for name, gb in r["peak_above_models_gb_by_phase"].items()) for r in rows]
+    context += "\n\nPeak RSS above the models by phase (GB, main process):\n" + "\n".join(f"- {p}" for p in phases)
     print(f"\n{table}\n\n{context}")
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -32,11 +32,10 @@ from kale_st.pruning import check_layers, prune_layers, pruning_info, restore_li
 from kale_st.queries import (
     CorpusLike,
     QueriesLike,
-    iter_corpus,
+    cut_pseudo_queries,
     iter_queries,
     load_corpus,
     load_queries,
-    pseudo_queries,
 )
 from kale_st.recipe import EVALUATIONS, EarlyStopping, held_out_size, recipe_for
 from kale_st.sampler import LengthGroupedBatchSampler
@@ -281,11 +280,10 @@ def _alignment_queries(
         return
     if isinstance(corpus, Iterator):  # pseudo_queries reads the corpus twice
         corpus = load_corpus(corpus, column)
-    pseudo = pseudo_queries(corpus, num_pseudo_queries, seed=seed, column=column)
+    pseudo, documents = cut_pseudo_queries(corpus, num_pseudo_queries, seed=seed, column=column)
     hashes = np.fromiter((hash(text.lower()) for text in pseudo), dtype=np.int64, count=len(pseudo))
     known = np.isin(hashes, np.frombuffer(real, dtype=np.int64))
     pseudo = [text for text, is_real in zip(pseudo, known) if not is_real]
-    documents = sum(1 for _ in iter_corpus(corpus, column))
     logger.info("Made %d pseudo-queries from %d corpus documents.", len(pseudo), documents)
     source |= {"real_queries": len(real), "pseudo_queries": len(pseudo), "corpus_documents": documents}
     yield from pseudo

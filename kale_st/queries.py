@@ -209,6 +209,20 @@ def pseudo_queries(
         >>> pseudo_queries(["Aspirin lowers the risk of colon cancer. It was tested in 1,000 adults."], 5, seed=0)
         ['It was tested in 1,000 adults', 'Aspirin lowers the risk of colon cancer']
     """
+    return cut_pseudo_queries(corpus, num_queries, seed=seed, min_words=min_words, max_words=max_words,
+                              column=column)[0]
+
+
+def cut_pseudo_queries(
+    corpus: CorpusLike,
+    num_queries: int,
+    *,
+    seed: int = 0,
+    min_words: int = 4,
+    max_words: int = 20,
+    column: str | None = None,
+) -> tuple[list[str], int]:
+    """:func:`pseudo_queries`, and the number of non-blank documents it read (counted in the same pass)."""
     if isinstance(num_queries, bool) or not isinstance(num_queries, int) or num_queries < 1:
         raise ValueError(f"num_queries={num_queries!r}: make at least 1 pseudo-query.")
     if not 1 <= min_words <= max_words:
@@ -250,7 +264,7 @@ def pseudo_queries(
     if len(found) < num_queries:
         logger.warning("The corpus gave %d distinct pseudo-queries, fewer than the %d asked for.", len(found),
                        num_queries)
-    return list(found.values())
+    return list(found.values()), int(counts.size)
 
 
 def _spans_to_take(counts: np.ndarray, position: np.ndarray, wanted: int) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from sentence_transformers import SentenceTransformer
 from test_cli import fails, library_settings, run  # noqa: F401  (library_settings: autouse, restores logging)
 
 import kale_st
+import kale_st.cli.build
 from kale_st.queries import load_corpus, pseudo_queries
 
 WORDS = "cells proteins express signal pathway tumour growth receptor binding reduces increases patients".split()
@@ -109,6 +111,37 @@ def test_align_on_a_corpus_records_pseudo_queries(tmp_path: Path) -> None:
     assert real["query_source"] == "queries" and "corpus_documents" not in real
 
 
+def test_align_reads_a_corpus_twice_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting spans, then cutting them: the document count comes from the first pass, not from a third read."""
+    reads = []
+    original = kale_st.queries.iter_corpus
+
+    def counting(corpus, column=None):
+        reads.append(1)
+        return original(corpus, column)
+
+    monkeypatch.setattr(kale_st.queries, "iter_corpus", counting)
+    meta = kale_st.align(tiny_model(tmp_path / "m"), corpus=CORPUS, num_pseudo_queries=16, max_steps=1).metadata
+    assert meta["corpus_documents"] == 10 and len(reads) == 2
+
+
+def test_cli_align_streams_its_inputs(cli_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``kale-st align`` hands align a stream of the --queries file and the --corpus path, never lists of them."""
+    seen = {}
+
+    def fake_align(model, queries=None, *, corpus=None, **kwargs):
+        seen.update(queries=queries, corpus=corpus)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(kale_st.cli.build, "align", fake_align)
+    with pytest.raises(SystemExit):
+        run("align", "--model", cli_files["model"], "--queries", cli_files["queries"], "--corpus", cli_files["beir"],
+            "--max-queries", 4, "--output", cli_files["tmp"] / "pair")
+    assert isinstance(seen["queries"], Iterator) and seen["corpus"] == str(cli_files["beir"])
+    assert list(seen["queries"]) == ["the cat is fast", "a dog on the document", "dense retrieval with a model",
+                                     "the cat is fast"]
+
+
 def test_align_needs_queries_or_a_corpus(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"needs queries=\.\.\., corpus=\.\.\..*or both\.$"):
         kale_st.align(tiny_model(tmp_path / "m"))
@@ -138,7 +171,8 @@ def test_cli_align_with_a_corpus(cli_files: dict[str, Path], capsys: pytest.Capt
     run("align", "--model", cli_files["model"], "--corpus", cli_files["beir"], "--pseudo-queries", 12, "--epochs", 1,
         "--batch-size", 4, "--output", output)
     captured = capsys.readouterr()
-    assert "pseudo-queries from 10 documents" in captured.err and "pair saved to" in captured.out
+    assert "12 alignment queries (12 pseudo-queries from 10 documents)" in captured.out
+    assert "pair saved to" in captured.out
     meta = json.loads((output / "kale_pair.json").read_text())
     assert (meta["query_source"], meta["num_queries"], meta["training_steps"]) == ("pseudo", 12, 3)
 
@@ -147,8 +181,11 @@ def test_cli_align_with_queries_and_a_corpus(cli_files: dict[str, Path], capsys:
     output = cli_files["tmp"] / "pair"
     run("align", "--model", cli_files["model"], "--queries", cli_files["queries"], "--corpus", cli_files["beir"],
         "--pseudo-queries", 12, "--max-steps", 2, "--batch-size", 4, "--output", output)
-    assert "9 queries and up to 12 pseudo-queries from 10 documents" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "the --queries and up to 12 pseudo-queries from the --corpus documents" in captured.err
     meta = json.loads((output / "kale_pair.json").read_text())
+    counts = f"{meta['num_queries']} alignment queries ({meta['pseudo_queries']} pseudo-queries from 10 documents)"
+    assert counts in captured.out
     assert (meta["query_source"], meta["real_queries"]) == ("both", 9)
     assert 0 < meta["pseudo_queries"] <= 12 and meta["num_queries"] == 9 + meta["pseudo_queries"]
     assert (meta["max_steps"], meta["training_steps"], meta["stop_reason"]) == (2, 2, "step budget")

@@ -25,9 +25,16 @@ from kale_st.cli.arguments import (
     layer_list,
     say,
 )
-from kale_st.cli.loading import base_model, check_onnx, check_output, load_model, load_query_texts
+from kale_st.cli.loading import (
+    base_model,
+    check_onnx,
+    check_output,
+    load_model,
+    load_query_texts,
+    query_stream,
+)
 from kale_st.pruning import prune_layers, pruning_info
-from kale_st.queries import load_corpus
+from kale_st.queries import iter_corpus
 from kale_st.strategies import STRATEGIES
 
 
@@ -57,24 +64,30 @@ def align_command(args: argparse.Namespace) -> None:
                          "--checkpoint-dir")
     data: dict = {}
     parts = []
-    if args.queries is not None:
-        data["queries"] = load_query_texts(args.queries, args.split, args.query_column, args.max_queries)
-        parts.append(f"{len(data['queries'])} queries")
+    if args.queries is not None:  # streamed, like the corpus: files of any size
+        data["queries"] = query_stream(args.queries, args.split, args.query_column, args.max_queries)
+        parts.append(f"the first {args.max_queries} --queries" if args.max_queries else "the --queries")
     if args.corpus is not None:
-        documents = load_corpus(args.corpus, args.query_column)
-        data |= {"corpus": documents, "num_pseudo_queries": args.pseudo_queries}
-        parts.append(f"up to {args.pseudo_queries} pseudo-queries from {len(documents)} documents")
+        if next(iter_corpus(args.corpus, args.query_column), None) is None:  # a missing file fails here, too
+            raise ValueError(f"corpus {args.corpus!r} holds no document with text: pass a BEIR folder or a file of "
+                             "documents")
+        data |= {"corpus": args.corpus, "num_pseudo_queries": args.pseudo_queries}
+        parts.append(f"up to {args.pseudo_queries} pseudo-queries from the --corpus documents")
     message = f"aligning on {' and '.join(parts)} ..."
     model = load_model(args.model)
     check_output(args.output, args.overwrite)
     say(message)
-    pair = align(model, **data, loss=args.loss, base_model=base_model(args.model, args.base_model),
-                 checkpoint_dir=args.checkpoint_dir, resume_from_checkpoint=args.resume, **alignment(args))
+    pair = align(model, **data, query_column=args.query_column, loss=args.loss,
+                 base_model=base_model(args.model, args.base_model), checkpoint_dir=args.checkpoint_dir,
+                 resume_from_checkpoint=args.resume, **alignment(args))
     pair.save(args.output, overwrite=args.overwrite, router=args.router, onnx=args.onnx)
     meta = pair.metadata
+    counts = f"{meta['num_queries']} alignment queries"
+    if "corpus_documents" in meta:
+        counts += f" ({meta['pseudo_queries']} pseudo-queries from {meta['corpus_documents']} documents)"
     print(
-        f"kept layers {meta['kept_layers']} of {meta['num_layers']}, {meta['training_steps']} steps "
-        f"in {meta['alignment_seconds']:.0f} s: pair saved to {args.output}"
+        f"{counts}, kept layers {meta['kept_layers']} of {meta['num_layers']}, "
+        f"{meta['training_steps']} steps in {meta['alignment_seconds']:.0f} s: pair saved to {args.output}"
     )
 
 

@@ -8,6 +8,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 
 import datasets
@@ -16,7 +18,7 @@ from sentence_transformers import SentenceTransformer
 import kale_st
 from kale_st.evaluation import BeirData, load_beir
 from kale_st.pair import METADATA_FILE, AsymmetricPair
-from kale_st.queries import load_queries
+from kale_st.queries import iter_queries
 
 #: The SciFact BEIR folder shipped in a source checkout, and its display name in scores and model cards.
 BUNDLED_DATA = Path(kale_st.__file__).resolve().parents[1] / "benchmarks" / "data" / "scifact"
@@ -74,23 +76,32 @@ def beir_source(source: str | None) -> tuple[str, str]:
     return str(BUNDLED_DATA), BUNDLED_DATA_NAME
 
 
-def load_query_texts(source: str | None, split: str, column: str | None, limit: int | None) -> list[str]:
-    """Queries from a text/JSONL file, a BEIR folder's ``split``, or a Hugging Face dataset's ``split``."""
+def query_stream(source: str | None, split: str, column: str | None, limit: int | None) -> Iterable[str]:
+    """The first ``limit`` (``None``: all) queries of a text/JSONL file or a Hugging Face dataset's ``split``, streamed
+    (a file line by line: sets of any size), or of a BEIR folder's ``split`` (read whole, with its qrels)."""
     source = source or beir_source(None)[0]
     path = Path(source)
     if path.is_dir():
-        texts = list(load_beir(path, split).queries.values())
+        texts: Iterable[str] = list(load_beir(path, split).queries.values())
     elif path.exists() or path.suffix in (".txt", ".jsonl") or source.count("/") != 1:
         if not path.is_file():
             raise FileNotFoundError(f"queries file {source!r} does not exist")
-        texts = load_queries(path, column)
+        texts = iter_queries(path, column)
     else:
         try:
             dataset = datasets.load_dataset(source, split=split)
         except Exception as error:  # datasets raises many kinds (offline, unknown id, missing split)
             raise ValueError(f"could not load the Hugging Face dataset {source!r} (split {split!r}): {error}") from None
-        texts = load_queries(dataset, column)
-    return texts[:limit]
+        texts = iter_queries(dataset, column)
+    return texts if limit is None else islice(texts, limit)
+
+
+def load_query_texts(source: str | None, split: str, column: str | None, limit: int | None) -> list[str]:
+    """:func:`query_stream` as a non-empty list."""
+    texts = list(query_stream(source, split, column, limit))
+    if not texts:
+        raise ValueError(f"queries {source!r} hold no query: pass at least one")
+    return texts
 
 
 def first_queries(data: BeirData, limit: int | None, name: str, split: str) -> tuple[BeirData, str]:
