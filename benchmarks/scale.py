@@ -17,6 +17,10 @@ Trainer's mixed precision).
     python benchmarks/scale.py                                   # 10k, 100k, 1M; then the same with --torchrun
     python benchmarks/scale.py --sizes 10000 100000 1000000 --torchrun
     python benchmarks/scale.py --sizes 2000 10000 --max-steps 5 --torchrun --output /tmp/scale   # smoke, ~2 min
+    python benchmarks/scale.py --merge benchmarks/results/scale_100k.json benchmarks/results/scale_1m.json  # one table
+
+``--keep-targets`` keeps each size's one-process targets under ``--work`` (a rerun reads them: its encoding time is
+then a cached read); every run reports the peak RSS of each phase (encoding, trainer setup, training, probe).
 """
 
 from __future__ import annotations
@@ -55,10 +59,14 @@ def main() -> None:
     parser.add_argument("--output", default=str(HERE / "results" / "scale"), help="results prefix (.json .md .png)")
     parser.add_argument("--keep-targets", action="store_true",
                         help="keep the encoded targets under --work (a rerun reads them instead of encoding)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="run nothing: one table and plot of the rows of these earlier results")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # JSON settings of one measured run
     args = parser.parse_args()
     if args.child:
         return child(json.loads(args.child))
+    if args.merge:
+        return merge(args)
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -246,17 +254,29 @@ def format_row(row: dict[str, Any]) -> str:
             f"| {'-' if similar is None else f'cosine {similar:.4f}'} |")
 
 
-def write(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) -> None:
+def merge(args: argparse.Namespace) -> None:
+    """One table and plot of the rows of earlier results (each size measured in its own run)."""
+    results = [json.loads(Path(name).read_text()) for name in args.merge]
+    rows = sorted((row for result in results for row in result["rows"]), key=lambda r: (r["queries"], r["processes"]))
+    runs = "\n".join(f"- {Path(name).name}: {result['context'].split(chr(10))[0]}"
+                     for name, result in zip(args.merge, results))
+    write(args, rows, context=f"Rows of separate runs:\n{runs}")
+
+
+def write(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: float = 0.0, context: str = "") -> None:
     import torch
 
     device = rows[0]["device"] if rows else "cpu"
-    context = (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {device}; "
-               f"all-MiniLM-L6-v2 teacher, {args.layers}-layer student, {args.max_steps} steps at global batch "
-               f"{args.batch_size}; whole run {seconds / 60:.1f} min.")
+    context = context or (
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {device}; "
+        f"all-MiniLM-L6-v2 teacher, {args.layers}-layer student, {args.max_steps} steps at global batch "
+        f"{args.batch_size}; whole run {seconds / 60:.1f} min.")
     table = "\n".join([HEADER, "|" + "---|" * HEADER.count(" | ") + "---|", *map(format_row, rows)])
     phases = [f"{r['queries']:,} queries, {r['processes']} process(es): " + ", ".join(
-        f"{name} {gb:.2f}" for name, gb in r["peak_above_models_gb_by_phase"].items()) for r in rows]
-    context += "\n\nPeak RSS above the models by phase (GB, main process):\n" + "\n".join(f"- {p}" for p in phases)
+        f"{name} {gb:.2f}" for name, gb in r["peak_above_models_gb_by_phase"].items())
+        for r in rows if "peak_above_models_gb_by_phase" in r]
+    if phases:
+        context += "\n\nPeak RSS above the models by phase (GB, main process):\n" + "\n".join(f"- {p}" for p in phases)
     print(f"\n{table}\n\n{context}")
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
