@@ -37,6 +37,10 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         batch_size, drop_last, valid_label_columns, generator, seed: As for sentence-transformers' samplers; the
             order is seeded by ``seed`` and the epoch, so a run and a resumed run draw the same batches.
         tokenizer: The student's tokenizer: lengths in tokens. ``None``: in characters.
+        num_processes: Training processes (default: the process group's size, 1 without one). Under DDP the sampler
+            groups global batches of ``batch_size * num_processes`` queries and yields each as ``num_processes``
+            consecutive per-process batches, which accelerate deals out in turn: every step trains on the queries of
+            the one-process run's step.
     """
 
     def __init__(
@@ -48,8 +52,10 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         generator: torch.Generator | None = None,
         seed: int = 0,
         tokenizer: PreTrainedTokenizerBase | None = None,
+        num_processes: int | None = None,
     ) -> None:
         super().__init__(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
+        self.num_processes = num_processes or _world_size()
         column = TEXT_COLUMN if TEXT_COLUMN in dataset.column_names else dataset.column_names[0]
         chunks = dataset.select_columns(column).with_format("arrow").iter(batch_size=LENGTH_CHUNK)
         self.lengths: list[int] = []
@@ -61,13 +67,24 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
 
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        if self.drop_last and len(batches[-1]) < self.batch_size:
-            batches.pop()
+        size = self.batch_size * self.num_processes  # a global batch: the same queries as one process would draw
+        order = get_length_grouped_indices(self.lengths, size, generator=generator)
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        # The order is drawn over every batch, so drop_last (the Trainer's default under DDP) only skips the short one.
         for position in torch.randperm(len(batches), generator=generator).tolist():
-            yield batches[position]
+            batch = batches[position]
+            if self.drop_last and len(batch) < size:
+                continue
+            for start in range(0, len(batch), self.batch_size):  # accelerate deals these to the processes in turn
+                yield batch[start : start + self.batch_size]
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.lengths), self.batch_size)
-        return full if self.drop_last or rest == 0 else full + 1
+        full, rest = divmod(len(self.lengths), self.batch_size * self.num_processes)
+        last = 0 if self.drop_last else -(-rest // self.batch_size)
+        return full * self.num_processes + last
+
+
+def _world_size() -> int:
+    """The number of training processes (torchrun / accelerate launch), 1 without a process group."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if distributed else 1

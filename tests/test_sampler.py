@@ -39,6 +39,29 @@ def test_every_query_once_an_epoch_in_batches_of_the_given_size(drop_last: bool)
     assert sorted(len(batch) for batch in batches)[-15:] == [64] * 15
 
 
+def test_under_ddp_every_step_trains_on_the_one_process_batch() -> None:
+    """Two processes at batch 32 (accelerate's ``BatchSamplerShard`` dealing the batches) see, step by step, the
+    queries one process sees at batch 64."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    dataset = Dataset.from_dict({"query": texts(1000)})
+    single = list(LengthGroupedBatchSampler(dataset, batch_size=64, drop_last=False, seed=3))
+    shared = LengthGroupedBatchSampler(dataset, batch_size=32, drop_last=False, seed=3, num_processes=2)
+    ranks = [list(BatchSamplerShard(shared, num_processes=2, process_index=rank)) for rank in (0, 1)]
+    assert len(shared) == len(list(shared)) == 2 * 15 + 2  # 1000 = 15 x 64 + 40, and 40 = 32 + 8
+    full = [batch for batch in single if len(batch) == 64]  # accelerate skips the uneven pair (40 = 32 + 8)
+    assert len(full) == len(ranks[0]) == len(ranks[1]) == 15
+    for step, batch in enumerate(full):
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(batch)
+    # The Trainer drops the last, short batch under DDP: the other batches keep the one-process order.
+    dropping = LengthGroupedBatchSampler(dataset, batch_size=32, drop_last=True, seed=3, num_processes=2)
+    dealt = list(BatchSamplerShard(dropping, num_processes=2, process_index=0))
+    assert len(dropping) == 30 and dealt == ranks[0]
+    # Without the dealing, each process would draw its own length groups of 32: other queries at every step.
+    alone = list(LengthGroupedBatchSampler(dataset, batch_size=32, drop_last=False, seed=3))
+    assert sorted(alone[0] + alone[1]) != sorted(single[0])
+
+
 def test_token_lengths_cut_the_padding_and_the_order_is_seeded(tmp_path: Path) -> None:
     model = tiny_model(tmp_path / "m")
     dataset = Dataset.from_dict({"query": texts(2000)})
