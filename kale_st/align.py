@@ -28,7 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from kale_st.loss import DEFAULT_TEMPERATURE, KALELoss
 from kale_st.pair import AsymmetricPair, task_model
-from kale_st.pruning import check_layers, prune_layers, pruning_info, restore_lineage
+from kale_st.pruning import check_layers, num_layers, prune_layers, pruning_info, restore_lineage
 from kale_st.queries import (
     CorpusLike,
     QueriesLike,
@@ -109,7 +109,7 @@ def align(
         loss: ``"kale"`` (:class:`KALELoss`) or ``"mse"`` (sentence-transformers' ``MSELoss``).
         temperature: :class:`KALELoss` softmax temperature.
         max_steps, learning_rate, batch_size: Training recipe; ``None`` takes :func:`kale_st.recipe.recipe_for` the
-            kept layer count. ``epochs`` instead of a step budget trains that many passes over the queries.
+            kept layer count and the teacher's depth (a 12-layer teacher: a budget of 600 steps, a 6-layer one 300). ``epochs`` instead of a step budget trains that many passes over the queries.
         early_stopping: Hold out a slice of the alignment queries (5 %, at most 500; none under 640 queries) and stop
             when the student's agreement with the teacher on it stops improving, keeping the best student.
         seed: Seed of the Trainer, of the pseudo-queries and of the held-out slice (same seed, same student on CPU).
@@ -157,7 +157,7 @@ def align(
     teacher = task_model(model, "query")
     if layers != 0 and plan is None:
         check_layers(teacher, layers, base_model=base_model)  # a bad ``layers`` fails now, before any encoding
-    recipe = recipe_for(layers if isinstance(layers, int) else len(layers))
+    recipe = recipe_for(layers if isinstance(layers, int) else len(layers), num_layers(teacher) if layers != 0 else 0)
     learning_rate = recipe.learning_rate if learning_rate is None else learning_rate
     batch_size = recipe.batch_size if batch_size is None else batch_size
     if epochs is None:

@@ -12,7 +12,7 @@ from datasets import Dataset
 
 import kale_st
 from kale_st.align import _carve
-from kale_st.recipe import DEFAULT_RECIPE, MAX_HELD_OUT, MIN_QUERIES, held_out_size
+from kale_st.recipe import DEFAULT_RECIPE, MAX_HELD_OUT, MIN_QUERIES, RECIPES, held_out_size, recipe_for
 
 WORDS = "the a cat dog query document dense model layer fast slow retrieval with on is".split()
 
@@ -46,6 +46,17 @@ def test_step_budget_is_independent_of_the_number_of_queries(tmp_path: Path) -> 
     assert few["stop_reason"] == many["stop_reason"] == "step budget"
     default = kale_st.align(model, queries(64), batch_size=8, learning_rate=1e-3).metadata
     assert default["max_steps"] == default["training_steps"] == DEFAULT_RECIPE.max_steps and "epochs" not in default
+
+
+def test_deeper_teachers_get_a_longer_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert recipe_for(2, teacher_layers=6) == recipe_for(2) == DEFAULT_RECIPE
+    assert recipe_for(2, teacher_layers=12).max_steps == 2 * DEFAULT_RECIPE.max_steps
+    assert recipe_for(1, teacher_layers=12).learning_rate == RECIPES[1].learning_rate  # only the budget grows
+    assert recipe_for(0, teacher_layers=12) == RECIPES[0]  # a static student keeps its own budget
+    # align reads the teacher's depth: with 100 steps per teacher layer, the 4-layer tiny teacher's student trains 400.
+    monkeypatch.setattr(kale_st.recipe, "STEPS_PER_TEACHER_LAYER", 100)
+    meta = kale_st.align(tiny_model(tmp_path / "m"), queries(64), layers=2, batch_size=8, early_stopping=False).metadata
+    assert meta["max_steps"] == meta["training_steps"] == 400
 
 
 def test_early_stopping_stops_and_keeps_the_best_student(tmp_path: Path) -> None:

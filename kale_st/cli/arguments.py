@@ -17,7 +17,7 @@ from kale_st.align import DEFAULT_PSEUDO_QUERIES, align
 from kale_st.cli.loading import BUNDLED_DATA, DEFAULT_MODEL_ID
 from kale_st.evaluation import DEFAULT_CACHE
 from kale_st.loss import DEFAULT_TEMPERATURE
-from kale_st.recipe import DEFAULT_RECIPE, RECIPES
+from kale_st.recipe import DEFAULT_RECIPE, RECIPES, STEPS_PER_TEACHER_LAYER
 from kale_st.strategies import STRATEGIES
 
 PROG = "kale-st"
@@ -124,11 +124,12 @@ def recipe_help(key: str) -> str:
     """``default: 0.001 (0.003 for 1 layer)``: align's recipe (kale_st.recipe) for the kept layer count."""
     default = getattr(DEFAULT_RECIPE, key)
     special = ", ".join(
-        f"{getattr(recipe, key):g} for {count} layer{'s' * (count > 1)}"
+        f"{getattr(recipe, key):g} for {count} layer{'s' * (count != 1)}"
         for count, recipe in RECIPES.items()
         if getattr(recipe, key) != default
     )
-    return f"default: {default:g}" + (f" ({special})" if special else "")
+    deeper = f", at least {STEPS_PER_TEACHER_LAYER} per teacher layer" if key == "max_steps" else ""
+    return f"default: {default:g}{deeper}" + (f" ({special})" if special else "")
 
 
 def add_onnx(parser: argparse.ArgumentParser) -> None:
