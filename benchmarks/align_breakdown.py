@@ -1,11 +1,13 @@
 """Where ``align``'s time goes: teacher targets, layer choice, training steps and early-stopping evaluations.
 
 Runs ``align(teacher, alignment_queries, corpus=corpus, layers=n)`` with the library defaults on the SciFact alignment
-split (``protocol.py``) and times its parts by wrapping them (the run itself is unchanged). Prints one JSON line.
-Time it with the machine otherwise idle: the parts are seconds of wall time.
+split (``protocol.py``) and times its parts by wrapping them (the run itself is unchanged). Prints one JSON line per
+run; with ``--precision fp32 bf16`` the same call runs once in each precision, one after the other, and a last line
+gives the ratios of their parts (fp32 seconds / bf16 seconds). Time it with the machine otherwise idle: the parts are
+seconds of wall time.
 
     python benchmarks/align_breakdown.py --teacher minilm --layers 2
-    python benchmarks/align_breakdown.py --teacher minilm --layers 0
+    python benchmarks/align_breakdown.py --teacher minilm --layers 0 --precision fp32 bf16
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", choices=["minilm", "mpnet"], default="minilm")
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--precision", nargs="+", choices=["auto", "bf16", "fp32"], default=["auto"],
+                        help="align's precision; several: one run each, in this order")
     args = parser.parse_args()
 
     seconds: dict[str, float] = defaultdict(float)
@@ -53,19 +57,30 @@ def main() -> None:
 
     splits = scifact_splits()
     teacher = load_teacher(args.teacher)
-    start = time.perf_counter()
-    pair = kale_st.align(teacher, splits.alignment, corpus=splits.test.corpus, layers=args.layers, disable_tqdm=True)
-    total = time.perf_counter() - start
-    meta = pair.metadata
-    print(json.dumps({
-        "teacher": args.teacher,
-        "layers": args.layers,
-        "kept_layers": meta["kept_layers"],
-        "queries": meta["num_queries"],
-        "steps": meta["training_steps"],
-        "threads": torch.get_num_threads(),
-        "seconds": {name: round(value, 1) for name, value in seconds.items()} | {"whole align call": round(total, 1)},
-    }))
+    runs: dict[str, dict[str, float]] = {}
+    for precision in args.precision:
+        seconds.clear()
+        start = time.perf_counter()
+        pair = kale_st.align(teacher, splits.alignment, corpus=splits.test.corpus, layers=args.layers,
+                             precision=precision, disable_tqdm=True)
+        total = time.perf_counter() - start
+        meta = pair.metadata
+        runs[meta["precision"]] = {name: round(value, 1) for name, value in seconds.items()} | {
+            "whole align call": round(total, 1)}
+        print(json.dumps({
+            "teacher": args.teacher,
+            "layers": args.layers,
+            "kept_layers": meta["kept_layers"],
+            "precision": meta["precision"],
+            "queries": meta["num_queries"],
+            "steps": meta["training_steps"],
+            "stop_reason": meta["stop_reason"],
+            "threads": torch.get_num_threads(),
+            "seconds": runs[meta["precision"]],
+        }), flush=True)
+    if {"fp32", "bf16"} <= runs.keys():
+        ratios = {name: round(runs["fp32"][name] / runs["bf16"][name], 2) for name in runs["fp32"] if runs["bf16"][name]}
+        print(json.dumps({"fp32 seconds / bf16 seconds": ratios}))
 
 
 if __name__ == "__main__":

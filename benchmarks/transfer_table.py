@@ -78,7 +78,8 @@ def make_student(row: str, teacher: SentenceTransformer, layers: int, splits: Sp
     return pair.query_model, {
         "kept_layers": meta["kept_layers"],
         "alignment_queries": meta["num_queries"],
-        "recipe": f"{recipe}, lr {meta['learning_rate']:g}, batch {meta['batch_size']}",
+        "recipe": f"{recipe}, lr {meta['learning_rate']:g}, batch {meta['batch_size']}"
+                  + (", bf16" if meta.get("precision") == "bf16" else ""),
         "steps": meta["training_steps"],
         "stop_reason": meta["stop_reason"],
         "seconds": seconds,

@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--sampler", nargs="+", default=[None], choices=[None, "random", "length"],
                         help="training batches: random, or grouped by length; default: align's")
     parser.add_argument("--seed", type=int, nargs="+", default=[42])
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: align's")
     parser.add_argument("--epochs", type=float, default=None, help="epochs instead of a step budget")
     parser.add_argument("--no-early-stopping", action="store_true")
     parser.add_argument("--label-free", action="store_true", help="agreement only: no index, no nDCG")
@@ -83,6 +84,7 @@ def main() -> None:
             early_stopping=not args.no_early_stopping,
             cache_dir=cache_root() / "targets",  # the teacher's targets, reused across runs on the same queries
             seed=seed,
+            precision=args.precision,
             disable_tqdm=True,
             **({} if temperature is None else {"temperature": temperature}),
             **({"batch_sampler": "batch_sampler"} if sampler == "random" else {}),
@@ -99,6 +101,7 @@ def main() -> None:
             "batch_size": meta["batch_size"],
             "sampler": sampler or ("length" if meta["kept_layers"] else "random"),  # align's default
             "seed": seed,
+            "precision": meta["precision"],
             "budget": meta.get("max_steps") or f"{meta.get('epochs')} epochs",
             "steps": meta["training_steps"],
             "stop_reason": meta["stop_reason"],
@@ -116,14 +119,14 @@ def main() -> None:
 
 def print_summary() -> None:
     rows = [json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines() if line.strip()]
-    keys = ["teacher", "layers", "kept_layers", "pseudo_queries", "learning_rate", "temperature", "batch_size", "sampler", "seed", "budget", "steps",
+    keys = ["teacher", "layers", "kept_layers", "pseudo_queries", "learning_rate", "temperature", "batch_size", "sampler", "seed", "precision", "budget", "steps",
             "stop_reason", "validation_ndcg@10", "validation_cosine", "seconds"]
     print("| " + " | ".join(keys) + " | % of teacher |")
     print("|" + "---|" * (len(keys) + 1))
     for row in rows:
         ndcg, teacher = row["validation_ndcg@10"], row["teacher_validation_ndcg@10"]
         percent = f"{100 * ndcg / teacher:.1f} %" if ndcg is not None else "-"
-        print("| " + " | ".join(str(row.get(k, "-")) for k in keys) + f" | {percent} |")
+        print("| " + " | ".join(str(row.get(k, "fp32" if k == "precision" else "-")) for k in keys) + f" | {percent} |")
 
 
 if __name__ == "__main__":

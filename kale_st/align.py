@@ -28,6 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from kale_st.loss import DEFAULT_TEMPERATURE, KALELoss
 from kale_st.pair import AsymmetricPair, task_model
+from kale_st.precision import resolve_precision
 from kale_st.pruning import check_layers, num_layers, prune_layers, pruning_info, restore_lineage
 from kale_st.queries import (
     CorpusLike,
@@ -84,6 +85,7 @@ def align(
     checkpoint_dir: str | os.PathLike | None = None,
     resume_from_checkpoint: bool | str | None = None,
     base_model: str | None = None,
+    precision: str = "auto",
     **training_args: Any,
 ) -> AsymmetricPair:
     """Compress the query side of ``model`` with KALE: prune a copy, align it to the original on queries.
@@ -129,7 +131,10 @@ def align(
             Trainer's optimizer, scheduler and random state and the early-stopping state of the checkpoint.
         base_model: Hub id ``model`` is an unchanged copy of, for a local folder (``None``: inferred, see
             :func:`kale_st.pruning.source_name`); the pair's ``source_model``, its cards' ``base_model`` and titles.
-        **training_args: Extra ``SentenceTransformerTrainingArguments`` (for example ``bf16=True``). Transformer
+        precision: ``"auto"``: the teacher's targets and the training steps in bfloat16 autocast where the hardware
+            computes bfloat16 (a CPU with AVX512-BF16 or AMX, a bf16 GPU; 1.5x faster on 2 such cores), float32 elsewhere;
+            ``"bf16"`` or ``"fp32"`` to choose (:mod:`kale_st.precision`). The saved student is float32 either way.
+        **training_args: Extra ``SentenceTransformerTrainingArguments`` (for example ``warmup_steps=0.2``). Transformer
             students train on batches of near-equal token length (:mod:`kale_st.sampler`); ``batch_sampler=
             "batch_sampler"`` trains on sentence-transformers' random batches instead.
 
@@ -156,6 +161,7 @@ def align(
         raise ValueError(f"output_dir {str(output_dir)!r} exists and is not empty: pass a new or empty folder.")
 
     teacher = task_model(model, "query")
+    precision = resolve_precision(precision, teacher.device)
     if layers != 0 and plan is None:
         check_layers(teacher, layers, base_model=base_model)  # a bad ``layers`` fails now, before any encoding
     recipe = recipe_for(layers if isinstance(layers, int) else len(layers), num_layers(teacher) if layers != 0 else 0)
@@ -169,7 +175,8 @@ def align(
     start = time.perf_counter()
     source: dict[str, Any] = {"query_source": "queries" if corpus is None else "pseudo" if queries is None else "both"}
     texts = _alignment_queries(queries, corpus, num_pseudo_queries, query_column, seed, source)
-    dataset = teacher_targets(teacher, texts, cache_dir=cache_dir)  # every text, on disk, memory-mapped
+    # Every text, on disk, memory-mapped.
+    dataset = teacher_targets(teacher, texts, cache_dir=cache_dir, precision=precision)
     source = _from_main_process(source, teacher)  # only the main process read the texts and counted them
     student = _student(teacher, dataset, layers, strategy, plan, source.get("real_queries", len(dataset)), base_model)
     if checkpoint_dir is not None:
@@ -203,6 +210,7 @@ def align(
             "logging_steps": interval,
             # Train where the model lives; on CPU this is also what makes torchrun/accelerate use gloo DDP.
             "use_cpu": teacher.device.type == "cpu",
+            "bf16": precision == "bf16" and not training_args.get("fp16"),  # fp16=True: the Trainer's float16 instead
         }
         if checkpoint_dir is not None:
             settings |= {"save_steps": interval, "save_total_limit": 2}
@@ -221,6 +229,8 @@ def align(
             callbacks=[stopper] if stopper is not None else None,
         )
         trainer.train(resume_from_checkpoint=checkpoint)
+        # Mixed precision wrapped the student's forward in autocast: the returned student runs in float32, as saved.
+        trainer.accelerator.unwrap_model(student, keep_fp32_wrapper=False)
     student.eval()
     seconds = time.perf_counter() - start
 
@@ -239,6 +249,7 @@ def align(
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "seed": seed,
+        "precision": precision,
         "training_steps": trainer.state.global_step,
         "stop_reason": stopper.stop_reason if stopper else ("epochs" if epochs is not None else "step budget"),
         **({"early_stopping": {"held_out_queries": len(stopping), **stopper.summary()}} if stopper else {}),

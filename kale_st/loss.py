@@ -104,7 +104,7 @@ class KALELoss(nn.Module):
             raise ValueError("KALELoss needs teacher embeddings as labels, or a teacher=SentenceTransformer.")
         else:
             target = labels
-        loss = kale_divergence(student, target.to(student.dtype), self.temperature)
+        loss = kale_divergence(student.float(), target.float(), self.temperature)  # float32 under autocast too
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"KALELoss is {loss.item()}: training diverged. Lower the learning rate or raise the temperature "

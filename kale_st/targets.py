@@ -34,6 +34,7 @@ from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
 from kale_st.evaluation import fingerprint
+from kale_st.precision import autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def teacher_targets(
     cache_dir: str | os.PathLike | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     show_progress_bar: bool | None = None,
+    precision: str = "fp32",
 ) -> Dataset:
     """The alignment dataset: column ``query`` (the texts) and ``label`` (``teacher.encode_query``, float32).
 
@@ -65,6 +67,8 @@ def teacher_targets(
             Under several machines, a folder every machine sees (as for any ``datasets`` cache).
         chunk_size: Texts per encoding call and per Arrow record batch: memory is bounded by one chunk.
         show_progress_bar: A progress bar with an ETA on the main process; default when there is more than a chunk.
+        precision: ``"fp32"``: the teacher's own outputs; ``"bf16"``: encoded under bfloat16 autocast (1.5x faster
+            where the hardware has bfloat16, :mod:`kale_st.precision`); ``"auto"``: ``"bf16"`` there, else ``"fp32"``.
 
     Returns:
         A memory-mapped ``datasets.Dataset`` in the order of ``texts``; ``label`` is a fixed-size float32 list.
@@ -79,6 +83,8 @@ def teacher_targets(
     state = distributed_state(teacher)
     world = state.num_processes if state else 1
     rank = state.process_index if state else 0
+    device = state.device if state is not None and world > 1 else None  # under DDP each rank encodes on its own
+    precision = resolve_precision(precision, device or teacher.device)
     if cache_dir is None and world > int(os.environ.get("LOCAL_WORLD_SIZE", world)):
         raise ValueError("Several machines share the teacher targets through files: pass cache_dir=<a folder every "
                          "machine sees>.")
@@ -90,7 +96,7 @@ def teacher_targets(
         work = Path(tempfile.mkdtemp(prefix=".targets-", dir=root))
         try:
             num_rows, texts_digest = _write_texts(texts, work / "queries.arrow", chunk_size)
-            key = _fingerprint(teacher, texts_digest)
+            key = _fingerprint(teacher, texts_digest, precision)
             final = root / f"targets-{key}"
             plan = [{"root": str(root), "work": str(work), "final": str(final), "rows": num_rows,
                      "cached": (final / _INFO).is_file()}]  # decided once, so every process takes the same branch
@@ -106,8 +112,8 @@ def teacher_targets(
     if not plan[0]["cached"]:
         start, stop = rank * num_rows // world, (rank + 1) * num_rows // world
         show = (num_rows > chunk_size) if show_progress_bar is None else show_progress_bar
-        _encode_shard(teacher, work, rank, start, stop, batch_size, chunk_size, show and rank == 0,
-                      state.device if state is not None and world > 1 else None)
+        with autocast(precision, device or teacher.device):
+            _encode_shard(teacher, work, rank, start, stop, batch_size, chunk_size, show and rank == 0, device)
         if state is not None:
             state.wait_for_everyone()
         if rank == 0:
@@ -163,10 +169,12 @@ def _write_texts(texts: Iterable[str], path: Path, chunk_size: int) -> tuple[int
     return count, digest.hexdigest()
 
 
-def _fingerprint(teacher: SentenceTransformer, texts_digest: str) -> str:
-    """Teacher (weights, configuration, prompts) x texts: what the targets depend on."""
+def _fingerprint(teacher: SentenceTransformer, texts_digest: str, precision: str) -> str:
+    """Teacher (weights, configuration, prompts) x texts x precision: what the targets depend on."""
     prompts = json.dumps([teacher.prompts, teacher.default_prompt_name], sort_keys=True, default=str)
     parts = ("encode_query", fingerprint(teacher, {}), prompts, texts_digest)
+    if precision != "fp32":  # float32 targets keep the fingerprint they had before precision was an option
+        parts += (precision,)
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 

@@ -17,6 +17,7 @@ from kale_st.align import DEFAULT_PSEUDO_QUERIES, align
 from kale_st.cli.loading import BUNDLED_DATA, DEFAULT_MODEL_ID
 from kale_st.evaluation import DEFAULT_CACHE
 from kale_st.loss import DEFAULT_TEMPERATURE
+from kale_st.precision import PRECISIONS
 from kale_st.recipe import DEFAULT_RECIPE, RECIPES, STEPS_PER_TEACHER_LAYER
 from kale_st.strategies import STRATEGIES
 
@@ -102,6 +103,9 @@ def add_alignment(parser: argparse.ArgumentParser) -> None:
                         help="train the whole budget (default: stop when agreement on held-out queries stops improving)")
     parser.add_argument("--batch-size", type=positive(int), help=recipe_help("batch_size"))
     parser.add_argument("--seed", type=int, default=ALIGN_DEFAULTS["seed"], help="default %(default)s")
+    parser.add_argument("--precision", choices=PRECISIONS, default=ALIGN_DEFAULTS["precision"],
+                        help="teacher targets and training steps in bfloat16 autocast (bf16) or float32 (fp32); "
+                        "default %(default)s: bf16 where the hardware computes it (AVX512-BF16, AMX, bf16 GPUs)")
 
 
 def alignment(args: argparse.Namespace) -> dict[str, Any]:
@@ -116,6 +120,7 @@ def alignment(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "seed": args.seed,
+        "precision": args.precision,
         "disable_tqdm": False,  # the Trainer hides it when transformers logs errors only
     }
 
