@@ -24,6 +24,7 @@ import torch
 from protocol import load_teacher, scifact_splits
 
 import kale_st
+from kale_st.precision import PRECISIONS
 
 ALIGN = sys.modules["kale_st.align"]  # the module; kale_st.align is the function
 
@@ -44,7 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", choices=["minilm", "mpnet"], default="minilm")
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--precision", nargs="+", choices=["auto", "bf16", "fp32"], default=["auto"],
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["auto"],
                         help="align's precision; several: one run each, in this order")
     args = parser.parse_args()
 
@@ -79,7 +80,8 @@ def main() -> None:
             "seconds": runs[meta["precision"]],
         }), flush=True)
     if {"fp32", "bf16"} <= runs.keys():
-        ratios = {name: round(runs["fp32"][name] / runs["bf16"][name], 2) for name in runs["fp32"] if runs["bf16"][name]}
+        ratios = {name: round(runs["fp32"][name] / runs["bf16"][name], 2)
+                  for name in runs["fp32"] if runs["bf16"][name]}
         print(json.dumps({"fp32 seconds / bf16 seconds": ratios}))
 
 

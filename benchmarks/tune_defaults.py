@@ -24,6 +24,7 @@ from protocol import corpus_embeddings, load_teacher, score, scifact_splits
 
 import kale_st
 from kale_st.evaluation import BeirData
+from kale_st.precision import PRECISIONS
 
 RESULTS = Path(__file__).parent / "results" / "tune_defaults.jsonl"
 
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--sampler", nargs="+", default=[None], choices=[None, "random", "length"],
                         help="training batches: random, or grouped by length; default: align's")
     parser.add_argument("--seed", type=int, nargs="+", default=[42])
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="default: align's")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="default: align's")
     parser.add_argument("--epochs", type=float, default=None, help="epochs instead of a step budget")
     parser.add_argument("--no-early-stopping", action="store_true")
     parser.add_argument("--label-free", action="store_true", help="agreement only: no index, no nDCG")
@@ -119,8 +120,8 @@ def main() -> None:
 
 def print_summary() -> None:
     rows = [json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines() if line.strip()]
-    keys = ["teacher", "layers", "kept_layers", "pseudo_queries", "learning_rate", "temperature", "batch_size", "sampler", "seed", "precision", "budget", "steps",
-            "stop_reason", "validation_ndcg@10", "validation_cosine", "seconds"]
+    keys = ["teacher", "layers", "kept_layers", "pseudo_queries", "learning_rate", "temperature", "batch_size", "sampler",
+            "seed", "precision", "budget", "steps", "stop_reason", "validation_ndcg@10", "validation_cosine", "seconds"]
     print("| " + " | ".join(keys) + " | % of teacher |")
     print("|" + "---|" * (len(keys) + 1))
     for row in rows:

@@ -27,8 +27,8 @@ def test_precision_names_are_checked_and_auto_follows_the_hardware() -> None:
 def test_bf16_targets_are_close_to_float32_ones_and_cached_apart(tmp_path: Path) -> None:
     teacher = tiny_model(tmp_path / "m")
     cache = tmp_path / "cache"
-    exact = np.asarray(teacher_targets(teacher, QUERIES, cache_dir=cache).with_format("numpy")["label"])
-    fast = np.asarray(teacher_targets(teacher, QUERIES, cache_dir=cache, precision="bf16").with_format("numpy")["label"])
+    exact, fast = (np.asarray(teacher_targets(teacher, QUERIES, cache_dir=cache, precision=name)
+                              .with_format("numpy")["label"]) for name in ("fp32", "bf16"))
     assert fast.dtype == np.float32
     np.testing.assert_array_equal(exact, teacher.encode_query(QUERIES))
     assert not np.array_equal(fast, exact)  # really computed in bfloat16...
