@@ -86,6 +86,8 @@ def align(
     resume_from_checkpoint: bool | str | None = None,
     base_model: str | None = None,
     precision: str = "auto",
+    freeze_embeddings: bool = False,
+    dropout: bool = True,
     **training_args: Any,
 ) -> AsymmetricPair:
     """Compress the query side of ``model`` with KALE: prune a copy, align it to the original on queries.
@@ -162,6 +164,9 @@ def align(
 
     teacher = task_model(model, "query")
     precision = resolve_precision(precision, teacher.device)
+    if freeze_embeddings and layers == 0:
+        raise ValueError("freeze_embeddings=True keeps a transformer student's input embeddings fixed; a static "
+                         "student (layers=0) is nothing but its token table: drop freeze_embeddings or keep layers.")
     if layers != 0 and plan is None:
         check_layers(teacher, layers, base_model=base_model)  # a bad ``layers`` fails now, before any encoding
     recipe = recipe_for(layers if isinstance(layers, int) else len(layers), num_layers(teacher) if layers != 0 else 0)
@@ -179,6 +184,12 @@ def align(
     dataset = teacher_targets(teacher, texts, cache_dir=cache_dir, precision=precision)
     source = _from_main_process(source, teacher)  # only the main process read the texts and counted them
     student = _student(teacher, dataset, layers, strategy, plan, source.get("real_queries", len(dataset)), base_model)
+    if freeze_embeddings:
+        student[0].auto_model.get_input_embeddings().weight.requires_grad_(False)
+    dropouts = [] if dropout else [m for m in student.modules() if isinstance(m, nn.Dropout)]
+    rates = [m.p for m in dropouts]
+    for module in dropouts:
+        module.p = 0.0
     if checkpoint_dir is not None:
         _write_json(Path(checkpoint_dir) / STUDENT_FILE, {"layers": layers, "lineage": pruning_info(student)})
     slice_size = held_out_size(len(dataset)) if early_stopping else 0
@@ -212,6 +223,8 @@ def align(
             "logging_steps": interval,
             # Train where the model lives; on CPU this is also what makes torchrun/accelerate use gloo DDP.
             "use_cpu": teacher.device.type == "cpu",
+            # A static student's gradients are far under the Trainer's clipping norm (1.0): skip computing it.
+            **({"max_grad_norm": 0.0} if layers == 0 else {}),
             "bf16": precision == "bf16" and not training_args.get("fp16"),  # fp16=True: the Trainer's float16 instead
         }
         if checkpoint_dir is not None:
@@ -233,6 +246,8 @@ def align(
         trainer.train(resume_from_checkpoint=checkpoint)
         # Mixed precision wrapped the student's forward in autocast: the returned student runs in float32, as saved.
         trainer.accelerator.unwrap_model(student, keep_fp32_wrapper=False)
+    for module, rate in zip(dropouts, rates):
+        module.p = rate
     student.eval()
     seconds = time.perf_counter() - start
 
@@ -252,6 +267,10 @@ def align(
         "learning_rate": learning_rate,
         "seed": seed,
         "precision": precision,
+        # The training steps' own precision: a user's fp16=True or bf16=True in training_args overrides align's.
+        "training_precision": "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32",
+        **({"frozen_embeddings": True} if freeze_embeddings else {}),
+        **({"dropout": False} if not dropout else {}),
         "training_steps": trainer.state.global_step,
         "stop_reason": stopper.stop_reason if stopper else ("epochs" if epochs is not None else "step budget"),
         **({"early_stopping": {"held_out_queries": len(stopping), **stopper.summary()}} if stopper else {}),

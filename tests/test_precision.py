@@ -39,7 +39,7 @@ def test_bf16_targets_are_close_to_float32_ones_and_cached_apart(tmp_path: Path)
 
 def test_bf16_alignment_trains_and_returns_a_float32_student(tmp_path: Path) -> None:
     pair = kale_st.align(tiny_model(tmp_path / "m"), QUERIES, precision="bf16", output_dir=tmp_path / "pair", **FAST)
-    assert pair.metadata["precision"] == "bf16"
+    assert pair.metadata["precision"] == pair.metadata["training_precision"] == "bf16"
     assert {p.dtype for p in pair.query_model.parameters()} == {torch.float32}
     # The returned student is not left under the Trainer's autocast: it encodes as the saved one does, in float32.
     loaded = kale_st.AsymmetricPair.load(tmp_path / "pair", device="cpu")
@@ -48,7 +48,7 @@ def test_bf16_alignment_trains_and_returns_a_float32_student(tmp_path: Path) -> 
     assert "bfloat16 mixed precision (float32 weights)" in (tmp_path / "pair" / "query" / "README.md").read_text()
 
     exact = kale_st.align(tiny_model(tmp_path / "m2"), QUERIES, precision="fp32", output_dir=tmp_path / "p2", **FAST)
-    assert exact.metadata["precision"] == "fp32"
+    assert exact.metadata["precision"] == exact.metadata["training_precision"] == "fp32"
     assert "bfloat16" not in (tmp_path / "p2" / "query" / "README.md").read_text()
     # Same seed, same data: the precision is what differs between the two students.
     assert not torch.equal(exact.encode_query(SENTENCES, convert_to_tensor=True),
