@@ -69,7 +69,7 @@ def make_student(row: str, teacher: SentenceTransformer, layers: int, splits: Sp
     if row == "old defaults":
         recipe = OLD_RECIPES.get(layers, OLD_RECIPES[None])
         pair = kale_st.align(teacher, splits.alignment, layers=layers, strategy="spread", early_stopping=False,
-                             disable_tqdm=True, **recipe)
+                             dropout=True, disable_tqdm=True, **recipe)
     else:
         pair = kale_st.align(teacher, splits.alignment, corpus=splits.test.corpus, layers=layers, disable_tqdm=True)
     seconds = round(time.perf_counter() - start, 1)
@@ -79,7 +79,8 @@ def make_student(row: str, teacher: SentenceTransformer, layers: int, splits: Sp
         "kept_layers": meta["kept_layers"],
         "alignment_queries": meta["num_queries"],
         "recipe": f"{recipe}, lr {meta['learning_rate']:g}, batch {meta['batch_size']}"
-                  + (", bf16" if meta.get("precision") == "bf16" else ""),
+                  + (", bf16" if meta.get("precision") == "bf16" else "")
+                  + (", no dropout" if meta.get("dropout") is False else ""),
         "steps": meta["training_steps"],
         "stop_reason": meta["stop_reason"],
         "seconds": seconds,

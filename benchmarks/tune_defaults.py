@@ -52,8 +52,7 @@ def main() -> None:
                         help="training batches: random, or grouped by length; default: align's")
     parser.add_argument("--seed", type=int, nargs="+", default=[42])
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="default: align's")
-    parser.add_argument("--freeze-embeddings", action="store_true", help="keep the student's input embeddings fixed")
-    parser.add_argument("--no-dropout", action="store_true", help="the student trains without dropout")
+    parser.add_argument("--dropout", action="store_true", help="train with the student's configured dropout (default: off)")
     parser.add_argument("--epochs", type=float, default=None, help="epochs instead of a step budget")
     parser.add_argument("--no-early-stopping", action="store_true")
     parser.add_argument("--label-free", action="store_true", help="agreement only: no index, no nDCG")
@@ -88,8 +87,7 @@ def main() -> None:
             cache_dir=cache_root() / "targets",  # the teacher's targets, reused across runs on the same queries
             seed=seed,
             precision=args.precision,
-            freeze_embeddings=args.freeze_embeddings,
-            dropout=not args.no_dropout,
+            dropout=args.dropout,
             disable_tqdm=True,
             **({} if temperature is None else {"temperature": temperature}),
             **({"batch_sampler": "batch_sampler"} if sampler == "random" else {}),
@@ -107,8 +105,7 @@ def main() -> None:
             "sampler": sampler or ("length" if meta["kept_layers"] else "random"),  # align's default
             "seed": seed,
             "precision": meta["precision"],
-            "frozen_embeddings": meta.get("frozen_embeddings", False),
-            "dropout": meta.get("dropout", True),
+            "dropout": meta.get("dropout", True),  # runs before the dropout option trained with it
             "budget": meta.get("max_steps") or f"{meta.get('epochs')} epochs",
             "steps": meta["training_steps"],
             "stop_reason": meta["stop_reason"],

@@ -38,7 +38,7 @@ from kale_st.queries import (
     load_corpus,
     load_queries,
 )
-from kale_st.recipe import EVALUATIONS, EarlyStopping, held_out_size, recipe_for
+from kale_st.recipe import EVALUATIONS, EarlyStopping, held_out_size, recipe_for, without_dropout
 from kale_st.sampler import LengthGroupedBatchSampler
 from kale_st.static import static_student
 from kale_st.targets import ENCODE_BATCH_SIZE, distributed_state, teacher_targets
@@ -86,8 +86,7 @@ def align(
     resume_from_checkpoint: bool | str | None = None,
     base_model: str | None = None,
     precision: str = "auto",
-    freeze_embeddings: bool = False,
-    dropout: bool = True,
+    dropout: bool = False,
     **training_args: Any,
 ) -> AsymmetricPair:
     """Compress the query side of ``model`` with KALE: prune a copy, align it to the original on queries.
@@ -133,6 +132,9 @@ def align(
             Trainer's optimizer, scheduler and random state and the early-stopping state of the checkpoint.
         base_model: Hub id ``model`` is an unchanged copy of, for a local folder (``None``: inferred, see
             :func:`kale_st.pruning.source_name`); the pair's ``source_model``, its cards' ``base_model`` and titles.
+        dropout: ``False`` (default): the student trains with every dropout module off, as the teacher's targets
+            were encoded and as the student serves (won on validation for both teachers, README "Defaults that
+            transfer"); ``True``: with the dropout of its configuration. The saved student's configuration is unchanged.
         precision: ``"auto"``: the teacher's targets and the training steps in bfloat16 autocast where the hardware
             computes bfloat16 (a CPU with AVX512-BF16 or AMX, a bf16 GPU; 1.5x faster on 2 such cores), float32
             elsewhere; ``"bf16"`` or ``"fp32"`` to choose (:mod:`kale_st.precision`). The saved student is float32 either way.
@@ -164,9 +166,6 @@ def align(
 
     teacher = task_model(model, "query")
     precision = resolve_precision(precision, teacher.device)
-    if freeze_embeddings and layers == 0:
-        raise ValueError("freeze_embeddings=True keeps a transformer student's input embeddings fixed; a static "
-                         "student (layers=0) is nothing but its token table: drop freeze_embeddings or keep layers.")
     if layers != 0 and plan is None:
         check_layers(teacher, layers, base_model=base_model)  # a bad ``layers`` fails now, before any encoding
     recipe = recipe_for(layers if isinstance(layers, int) else len(layers), num_layers(teacher) if layers != 0 else 0)
@@ -184,12 +183,6 @@ def align(
     dataset = teacher_targets(teacher, texts, cache_dir=cache_dir, precision=precision)
     source = _from_main_process(source, teacher)  # only the main process read the texts and counted them
     student = _student(teacher, dataset, layers, strategy, plan, source.get("real_queries", len(dataset)), base_model)
-    if freeze_embeddings:
-        student[0].auto_model.get_input_embeddings().weight.requires_grad_(False)
-    dropouts = [] if dropout else [m for m in student.modules() if isinstance(m, nn.Dropout)]
-    rates = [m.p for m in dropouts]
-    for module in dropouts:
-        module.p = 0.0
     if checkpoint_dir is not None:
         _write_json(Path(checkpoint_dir) / STUDENT_FILE, {"layers": layers, "lineage": pruning_info(student)})
     slice_size = held_out_size(len(dataset)) if early_stopping else 0
@@ -243,11 +236,10 @@ def align(
             evaluator=evaluator,
             callbacks=[stopper] if stopper is not None else None,
         )
-        trainer.train(resume_from_checkpoint=checkpoint)
+        with nullcontext() if dropout else without_dropout(student):
+            trainer.train(resume_from_checkpoint=checkpoint)
         # Mixed precision wrapped the student's forward in autocast: the returned student runs in float32, as saved.
         trainer.accelerator.unwrap_model(student, keep_fp32_wrapper=False)
-    for module, rate in zip(dropouts, rates):
-        module.p = rate
     student.eval()
     seconds = time.perf_counter() - start
 
@@ -269,8 +261,7 @@ def align(
         "precision": precision,
         # The training steps' own precision: a user's fp16=True or bf16=True in training_args overrides align's.
         "training_precision": "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32",
-        **({"frozen_embeddings": True} if freeze_embeddings else {}),
-        **({"dropout": False} if not dropout else {}),
+        "dropout": dropout,
         "training_steps": trainer.state.global_step,
         "stop_reason": stopper.stop_reason if stopper else ("epochs" if epochs is not None else "step budget"),
         **({"early_stopping": {"held_out_queries": len(stopping), **stopper.summary()}} if stopper else {}),

@@ -19,12 +19,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -143,3 +146,26 @@ class EarlyStopping(TrainerCallback):
     def summary(self) -> dict[str, Any]:
         return {"stop_reason": self.stop_reason, "best_step": self.best_step, "best_agreement": self.best}
 
+
+
+@contextmanager
+def without_dropout(model: nn.Module) -> Iterator[None]:
+    """Every ``nn.Dropout`` of ``model`` at rate 0 inside the block, its own rate back after it.
+
+    The student regresses the teacher's deterministic outputs (encoded without dropout) and serves without dropout, so
+    alignment trains without it too (README "Defaults that transfer"). The configuration, and so a saved copy, keeps
+    its rates.
+
+    Example:
+        >>> with without_dropout(student):  # doctest: +SKIP
+        ...     trainer.train()
+    """
+    modules = [module for module in model.modules() if isinstance(module, nn.Dropout)]
+    rates = [module.p for module in modules]
+    for module in modules:
+        module.p = 0.0
+    try:
+        yield
+    finally:
+        for module, rate in zip(modules, rates):
+            module.p = rate

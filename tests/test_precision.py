@@ -59,3 +59,11 @@ def test_a_bad_precision_fails_before_any_encoding(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="precision='half'"):
         kale_st.align(tiny_model(tmp_path / "m"), QUERIES, precision="half", cache_dir=tmp_path / "cache", **FAST)
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_users_float16_flag_is_the_recorded_training_precision(tmp_path: Path) -> None:
+    pair = kale_st.align(tiny_model(tmp_path / "m"), QUERIES, precision="bf16", fp16=True, output_dir=tmp_path / "pair",
+                         **FAST)
+    assert (pair.metadata["precision"], pair.metadata["training_precision"]) == ("bf16", "fp16")  # targets, steps
+    card = (tmp_path / "pair" / "query" / "README.md").read_text()
+    assert "float16 mixed precision (float32 weights)" in card and "bfloat16" not in card

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import tiny_model, write_tiny_transformer
 from datasets import Dataset
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+from torch import nn
 
 import kale_st
 from kale_st.align import _carve
@@ -81,3 +83,29 @@ def test_early_stopping_stops_and_keeps_the_best_student(tmp_path: Path) -> None
 def test_budget_or_epochs_not_both(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not both"):
         kale_st.align(tiny_model(tmp_path / "m"), queries(8), max_steps=3, epochs=1)
+
+
+def test_alignment_trains_without_dropout_unless_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = write_tiny_transformer(tmp_path / "m", "mpnet")  # MPNet's configuration: dropout 0.1
+    rates_seen: list[set[float]] = []
+    train_step = SentenceTransformerTrainer.training_step
+
+    def recording_step(trainer: SentenceTransformerTrainer, model: torch.nn.Module, *args: object, **kwargs: object):
+        rates_seen.append({m.p for m in model.modules() if isinstance(m, nn.Dropout)})
+        return train_step(trainer, model, *args, **kwargs)
+
+    monkeypatch.setattr(SentenceTransformerTrainer, "training_step", recording_step)
+    teacher = SentenceTransformer(str(folder), device="cpu")
+    pair = kale_st.align(teacher, queries(40), layers=2, max_steps=3, batch_size=8, output_dir=tmp_path / "pair")
+    assert rates_seen == [{0.0}] * 3 and pair.metadata["dropout"] is False
+    assert "without dropout" in (tmp_path / "pair" / "query" / "README.md").read_text()
+    # The returned student keeps its configured rates, and so does the saved one.
+    assert {m.p for m in pair.query_model.modules() if isinstance(m, nn.Dropout)} == {0.1}
+    loaded = SentenceTransformer(str(tmp_path / "pair" / "query"), device="cpu")
+    assert {m.p for m in loaded.modules() if isinstance(m, nn.Dropout)} == {0.1}
+
+    rates_seen.clear()
+    pair = kale_st.align(teacher, queries(40), layers=2, max_steps=3, batch_size=8, dropout=True,
+                         output_dir=tmp_path / "with-dropout")
+    assert rates_seen == [{0.1}] * 3 and pair.metadata["dropout"] is True
+    assert "without dropout" not in (tmp_path / "with-dropout" / "query" / "README.md").read_text()
