@@ -80,7 +80,7 @@ def make_student(row: str, teacher: SentenceTransformer, layers: int, splits: Sp
         "alignment_queries": meta["num_queries"],
         "recipe": f"{recipe}, lr {meta['learning_rate']:g}, batch {meta['batch_size']}"
                   + (", bf16" if meta.get("precision") == "bf16" else "")
-                  + (", no dropout" if meta.get("dropout") is False else ""),
+                  + (", no dropout" if meta.get("dropout") is False else ""),  # False: trained without dropout
         "steps": meta["training_steps"],
         "stop_reason": meta["stop_reason"],
         "seconds": seconds,

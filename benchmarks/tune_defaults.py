@@ -27,6 +27,8 @@ from kale_st.evaluation import BeirData
 from kale_st.precision import PRECISIONS
 
 RESULTS = Path(__file__).parent / "results" / "tune_defaults.jsonl"
+#: What rows recorded before a field existed ran with.
+DEFAULTS_BEFORE = {"precision": "fp32", "dropout": True}
 
 
 def agreement(student: object, teacher: object, data: BeirData) -> float:
@@ -52,7 +54,8 @@ def main() -> None:
                         help="training batches: random, or grouped by length; default: align's")
     parser.add_argument("--seed", type=int, nargs="+", default=[42])
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="default: align's")
-    parser.add_argument("--dropout", action="store_true", help="train with the student's configured dropout (default: off)")
+    parser.add_argument("--dropout", action=argparse.BooleanOptionalAction,
+                        help="train with the student's configured dropout, or without; default: align's recipe")
     parser.add_argument("--epochs", type=float, default=None, help="epochs instead of a step budget")
     parser.add_argument("--no-early-stopping", action="store_true")
     parser.add_argument("--label-free", action="store_true", help="agreement only: no index, no nDCG")
@@ -124,13 +127,13 @@ def main() -> None:
 def print_summary() -> None:
     rows = [json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines() if line.strip()]
     keys = ["teacher", "layers", "kept_layers", "pseudo_queries", "learning_rate", "temperature", "batch_size", "sampler",
-            "seed", "precision", "budget", "steps", "stop_reason", "validation_ndcg@10", "validation_cosine", "seconds"]
+            "seed", "precision", "dropout", "budget", "steps", "stop_reason", "validation_ndcg@10", "validation_cosine", "seconds"]
     print("| " + " | ".join(keys) + " | % of teacher |")
     print("|" + "---|" * (len(keys) + 1))
     for row in rows:
         ndcg, teacher = row["validation_ndcg@10"], row["teacher_validation_ndcg@10"]
         percent = f"{100 * ndcg / teacher:.1f} %" if ndcg is not None else "-"
-        print("| " + " | ".join(str(row.get(k, "fp32" if k == "precision" else "-")) for k in keys) + f" | {percent} |")
+        print("| " + " | ".join(str(row.get(k, DEFAULTS_BEFORE.get(k, "-"))) for k in keys) + f" | {percent} |")
 
 
 if __name__ == "__main__":

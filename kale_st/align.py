@@ -86,7 +86,7 @@ def align(
     resume_from_checkpoint: bool | str | None = None,
     base_model: str | None = None,
     precision: str = "auto",
-    dropout: bool = False,
+    dropout: bool | None = None,
     **training_args: Any,
 ) -> AsymmetricPair:
     """Compress the query side of ``model`` with KALE: prune a copy, align it to the original on queries.
@@ -132,9 +132,9 @@ def align(
             Trainer's optimizer, scheduler and random state and the early-stopping state of the checkpoint.
         base_model: Hub id ``model`` is an unchanged copy of, for a local folder (``None``: inferred, see
             :func:`kale_st.pruning.source_name`); the pair's ``source_model``, its cards' ``base_model`` and titles.
-        dropout: ``False`` (default): the student trains with every dropout module off, as the teacher's targets
-            were encoded and as the student serves (won on validation for both teachers, README "Defaults that
-            transfer"); ``True``: with the dropout of its configuration. The saved student's configuration is unchanged.
+        dropout: ``False``: the student trains with every dropout module off, as the teacher's targets were encoded
+            and as the student serves; ``True``: with the dropout of its configuration; ``None``: the recipe's (off,
+            but on for 1 kept layer; README "Defaults that transfer"). The saved student's configuration is unchanged.
         precision: ``"auto"``: the teacher's targets and the training steps in bfloat16 autocast where the hardware
             computes bfloat16 (a CPU with AVX512-BF16 or AMX, a bf16 GPU; 1.5x faster on 2 such cores), float32
             elsewhere; ``"bf16"`` or ``"fp32"`` to choose (:mod:`kale_st.precision`). The saved student is float32 either way.
@@ -171,6 +171,7 @@ def align(
     recipe = recipe_for(layers if isinstance(layers, int) else len(layers), num_layers(teacher) if layers != 0 else 0)
     learning_rate = recipe.learning_rate if learning_rate is None else learning_rate
     batch_size = recipe.batch_size if batch_size is None else batch_size
+    dropout = recipe.dropout if dropout is None else dropout
     if epochs is None:
         max_steps = recipe.max_steps if max_steps is None else max_steps
     prompt = teacher.prompts.get("query") or None

@@ -132,10 +132,11 @@ def test_model_default_is_named_by_its_hub_id(tmp_path: Path) -> None:
 def test_align_on_beir_train_queries_saves_the_pair(files: dict[str, Path], tmp_path: Path, capsys) -> None:
     output = tmp_path / "pair"
     run("align", "--model", files["model"], "--queries", files["beir"], "--max-queries", 4, "--epochs", 1,
-        "--learning-rate", 0.01, "--output", output)
+        "--learning-rate", 0.01, "--dropout", "--output", output)
     assert f"kept layers [0, 3] of 4" in capsys.readouterr().out
     meta = json.loads((output / "kale_pair.json").read_text())
     assert (meta["num_queries"], meta["epochs"], meta["learning_rate"], meta["loss"]) == (4, 1, 0.01, "KALELoss")
+    assert meta["dropout"] is True  # --dropout: the configured rates (default: off while aligning)
     assert kale_st.AsymmetricPair.load(output).query_model.encode_query(["the cat"]).shape == (1, 32)
 
 

@@ -85,7 +85,7 @@ def test_budget_or_epochs_not_both(tmp_path: Path) -> None:
         kale_st.align(tiny_model(tmp_path / "m"), queries(8), max_steps=3, epochs=1)
 
 
-def test_alignment_trains_without_dropout_unless_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_alignment_trains_without_dropout_unless_asked_or_one_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = write_tiny_transformer(tmp_path / "m", "mpnet")  # MPNet's configuration: dropout 0.1
     rates_seen: list[set[float]] = []
     train_step = SentenceTransformerTrainer.training_step
@@ -109,3 +109,7 @@ def test_alignment_trains_without_dropout_unless_asked(tmp_path: Path, monkeypat
                          output_dir=tmp_path / "with-dropout")
     assert rates_seen == [{0.1}] * 3 and pair.metadata["dropout"] is True
     assert "without dropout" not in (tmp_path / "with-dropout" / "query" / "README.md").read_text()
+
+    rates_seen.clear()  # the 1-layer recipe keeps dropout on (a 12 -> 1 student collapsed without it)
+    pair = kale_st.align(teacher, queries(40), layers=1, max_steps=3, batch_size=8)
+    assert rates_seen == [{0.1}] * 3 and pair.metadata["dropout"] is True and RECIPES[1].dropout

@@ -103,6 +103,9 @@ def add_alignment(parser: argparse.ArgumentParser) -> None:
                         help="train the whole budget (default: stop when agreement on held-out queries stops improving)")
     parser.add_argument("--batch-size", type=positive(int), help=recipe_help("batch_size"))
     parser.add_argument("--seed", type=int, default=ALIGN_DEFAULTS["seed"], help="default %(default)s")
+    parser.add_argument("--dropout", action=argparse.BooleanOptionalAction,
+                        help="train with the student's configured dropout, or without; default: the recipe's "
+                        "(off, on for 1 kept layer)")
     parser.add_argument("--precision", choices=PRECISIONS, default=ALIGN_DEFAULTS["precision"],
                         help="teacher targets and training steps in bfloat16 autocast (bf16) or float32 (fp32); "
                         "default %(default)s: bf16 where the hardware computes it (AVX512-BF16, AMX, bf16 GPUs)")
@@ -121,6 +124,7 @@ def alignment(args: argparse.Namespace) -> dict[str, Any]:
         "learning_rate": args.learning_rate,
         "seed": args.seed,
         "precision": args.precision,
+        "dropout": args.dropout,
         "disable_tqdm": False,  # the Trainer hides it when transformers logs errors only
     }
 
