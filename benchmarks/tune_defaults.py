@@ -108,7 +108,7 @@ def main() -> None:
             "sampler": sampler or ("length" if meta["kept_layers"] else "random"),  # align's default
             "seed": seed,
             "precision": meta["precision"],
-            "dropout": meta.get("dropout", True),  # runs before the dropout option trained with it
+            "dropout": meta["dropout"],
             "budget": meta.get("max_steps") or f"{meta.get('epochs')} epochs",
             "steps": meta["training_steps"],
             "stop_reason": meta["stop_reason"],
