@@ -137,7 +137,8 @@ def align(
             but on for 1 kept layer; README "Defaults that transfer"). The saved student's configuration is unchanged.
         precision: ``"auto"``: the teacher's targets and the training steps in bfloat16 autocast where the hardware
             computes bfloat16 (a CPU with AVX512-BF16 or AMX, a bf16 GPU; 1.5x faster on 2 such cores), float32
-            elsewhere; ``"bf16"`` or ``"fp32"`` to choose (:mod:`kale_st.precision`). The saved student is float32 either way.
+            elsewhere; ``"bf16"`` or ``"fp32"`` to choose (:mod:`kale_st.precision`). The saved student is float32
+            either way.
         **training_args: Extra ``SentenceTransformerTrainingArguments`` (for example ``warmup_steps=0.2``). Transformer
             students train on batches of near-equal token length (:mod:`kale_st.sampler`); ``batch_sampler=
             "batch_sampler"`` trains on sentence-transformers' random batches instead.

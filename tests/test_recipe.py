@@ -85,13 +85,19 @@ def test_budget_or_epochs_not_both(tmp_path: Path) -> None:
         kale_st.align(tiny_model(tmp_path / "m"), queries(8), max_steps=3, epochs=1)
 
 
-def test_alignment_trains_without_dropout_unless_asked_or_one_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def dropout_rates(model: torch.nn.Module) -> set[float]:
+    return {module.p for module in model.modules() if isinstance(module, nn.Dropout)}
+
+
+def test_alignment_trains_without_dropout_unless_asked_or_one_layer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = write_tiny_transformer(tmp_path / "m", "mpnet")  # MPNet's configuration: dropout 0.1
     rates_seen: list[set[float]] = []
     train_step = SentenceTransformerTrainer.training_step
 
     def recording_step(trainer: SentenceTransformerTrainer, model: torch.nn.Module, *args: object, **kwargs: object):
-        rates_seen.append({m.p for m in model.modules() if isinstance(m, nn.Dropout)})
+        rates_seen.append(dropout_rates(model))
         return train_step(trainer, model, *args, **kwargs)
 
     monkeypatch.setattr(SentenceTransformerTrainer, "training_step", recording_step)
@@ -100,9 +106,8 @@ def test_alignment_trains_without_dropout_unless_asked_or_one_layer(tmp_path: Pa
     assert rates_seen == [{0.0}] * 3 and pair.metadata["dropout"] is False
     assert "without dropout" in (tmp_path / "pair" / "query" / "README.md").read_text()
     # The returned student keeps its configured rates, and so does the saved one.
-    assert {m.p for m in pair.query_model.modules() if isinstance(m, nn.Dropout)} == {0.1}
-    loaded = SentenceTransformer(str(tmp_path / "pair" / "query"), device="cpu")
-    assert {m.p for m in loaded.modules() if isinstance(m, nn.Dropout)} == {0.1}
+    assert dropout_rates(pair.query_model) == {0.1}
+    assert dropout_rates(SentenceTransformer(str(tmp_path / "pair" / "query"), device="cpu")) == {0.1}
 
     rates_seen.clear()
     pair = kale_st.align(teacher, queries(40), layers=2, max_steps=3, batch_size=8, dropout=True,
