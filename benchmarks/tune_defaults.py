@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="default: align's")
     parser.add_argument("--dropout", action=argparse.BooleanOptionalAction,
                         help="train with the student's configured dropout, or without; default: align's recipe")
+    parser.add_argument("--real-repeats", type=int, nargs="+", default=[1],
+                        help="probe: pass the real alignment queries this many times (weighting them against the pseudo-queries)")
     parser.add_argument("--epochs", type=float, default=None, help="epochs instead of a step budget")
     parser.add_argument("--no-early-stopping", action="store_true")
     parser.add_argument("--label-free", action="store_true", help="agreement only: no index, no nDCG")
@@ -68,16 +70,16 @@ def main() -> None:
     teacher = load_teacher(args.teacher)
     documents = None if args.label_free else corpus_embeddings(teacher, splits)
     teacher_ndcg = None if args.label_free else score(teacher, splits.validation, documents)
-    for layers, pseudo, lr, steps, batch, strategy, kept, temperature, sampler, seed in itertools.product(
+    for layers, pseudo, lr, steps, batch, strategy, kept, temperature, sampler, seed, repeats in itertools.product(
         args.layers, args.pseudo, args.lr, args.steps, args.batch_size, args.strategy, args.kept, args.temperature,
-        args.sampler, args.seed,
+        args.sampler, args.seed, args.real_repeats,
     ):
         if kept is not None:
             layers = [int(i) for i in kept.split(",")]
         start = time.perf_counter()
         pair = kale_st.align(
             teacher,
-            splits.alignment,
+            splits.alignment * repeats,
             corpus=splits.test.corpus if pseudo else None,
             num_pseudo_queries=pseudo or 1,
             layers=layers,
@@ -102,6 +104,7 @@ def main() -> None:
             "kept_layers": meta["kept_layers"],
             "strategy": strategy,
             "pseudo_queries": meta.get("pseudo_queries", 0),
+            **({"real_repeats": repeats} if repeats != 1 else {}),
             "learning_rate": meta["learning_rate"],
             "temperature": meta["loss_config"].get("temperature"),
             "batch_size": meta["batch_size"],

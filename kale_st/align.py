@@ -38,7 +38,14 @@ from kale_st.queries import (
     load_corpus,
     load_queries,
 )
-from kale_st.recipe import EVALUATIONS, EarlyStopping, held_out_size, recipe_for, without_dropout
+from kale_st.recipe import (
+    EVALUATIONS,
+    EarlyStopping,
+    held_out_size,
+    real_query_copies,
+    recipe_for,
+    without_dropout,
+)
 from kale_st.sampler import LengthGroupedBatchSampler
 from kale_st.static import static_student
 from kale_st.targets import ENCODE_BATCH_SIZE, distributed_state, teacher_targets
@@ -87,6 +94,7 @@ def align(
     base_model: str | None = None,
     precision: str = "auto",
     dropout: bool | None = None,
+    real_query_share: float | None = None,
     **training_args: Any,
 ) -> AsymmetricPair:
     """Compress the query side of ``model`` with KALE: prune a copy, align it to the original on queries.
@@ -105,6 +113,10 @@ def align(
             encoder indexed: a list of strings, a dict id -> text, a Dataset, a text/JSONL file or a BEIR folder.
             With ``queries`` the pseudo-queries join the real ones; without, they are the whole alignment set.
         num_pseudo_queries: How many pseudo-queries to make from ``corpus`` (seeded by ``seed``).
+        real_query_share: With ``queries`` and ``corpus``: the real queries are trained on several times each when
+            needed, so that they make up at least this share of the training rows (the student serves real queries;
+            pseudo-queries stand in for them). ``0``: each once; ``None``: the recipe's (0.2; 0 for 0 or 1 kept
+            layers). README "Defaults that transfer".
         layers: Layers the student keeps: a count (picked by ``strategy``) or exact indices.
         strategy: Layer-selection strategy (see :data:`kale_st.STRATEGIES`); ``None``: ``search``, which measures
             candidate layer sets on a sample of the alignment queries (the real ones when there are enough), or
@@ -157,6 +169,8 @@ def align(
         raise ValueError(f"Unknown loss {loss!r}: use one of {sorted(LOSSES)}.")
     if queries is None and corpus is None:
         raise ValueError("align needs queries=..., corpus=... (the documents to make pseudo-queries from), or both.")
+    if real_query_share is not None and not 0 <= real_query_share < 1:
+        raise ValueError(f"real_query_share={real_query_share}: pass a share of the training rows, from 0 to under 1.")
     if max_steps is not None and epochs is not None:
         raise ValueError(f"max_steps={max_steps} and epochs={epochs}: pass a step budget or a number of epochs, not both.")
     checkpoint = _checkpoint(checkpoint_dir, resume_from_checkpoint)
@@ -173,6 +187,7 @@ def align(
     learning_rate = recipe.learning_rate if learning_rate is None else learning_rate
     batch_size = recipe.batch_size if batch_size is None else batch_size
     dropout = recipe.dropout if dropout is None else dropout
+    real_query_share = recipe.real_query_share if real_query_share is None else real_query_share
     if epochs is None:
         max_steps = recipe.max_steps if max_steps is None else max_steps
     prompt = teacher.prompts.get("query") or None
@@ -188,7 +203,11 @@ def align(
     if checkpoint_dir is not None:
         _write_json(Path(checkpoint_dir) / STUDENT_FILE, {"layers": layers, "lineage": pruning_info(student)})
     slice_size = held_out_size(len(dataset)) if early_stopping else 0
-    train_dataset, stopping = _carve(dataset, slice_size, seed)
+    train_dataset, stopping, train_rows = _carve(dataset, slice_size, seed)
+    # The real queries come first in the dataset: with many more pseudo-queries, each is trained on several times.
+    real_rows = int(np.searchsorted(train_rows, source.get("real_queries", 0)))
+    copies = real_query_copies(real_rows, len(train_dataset) - real_rows, real_query_share)
+    train_dataset = _repeat_first(train_dataset, real_rows, copies)
     # Targets read as tensors: the collator stacks them instead of building each from a Python list (6x faster).
     train_dataset = train_dataset.with_format("torch", columns=["label"], output_all_columns=True)
     before = _agreement(teacher, student, held_out) if held_out else None
@@ -256,6 +275,8 @@ def align(
         "loss_config": train_loss.get_config_dict() if hasattr(train_loss, "get_config_dict") else {},
         **source,
         "num_queries": len(dataset),
+        "real_query_share": real_query_share,
+        "real_query_copies": copies,
         **({"epochs": epochs} if epochs is not None else {"max_steps": max_steps}),
         "batch_size": batch_size,
         "learning_rate": learning_rate,
@@ -346,13 +367,22 @@ def _student(
     return prune_layers(teacher, layers, strategy=strategy, queries=sample, base_model=base_model)
 
 
-def _carve(dataset: Dataset, size: int, seed: int) -> tuple[Dataset, Dataset | None]:
-    """Split ``size`` seeded random rows off ``dataset``: (the other rows in their order, the held-out rows)."""
+def _carve(dataset: Dataset, size: int, seed: int) -> tuple[Dataset, Dataset | None, np.ndarray]:
+    """Split ``size`` seeded random rows off ``dataset``: (the other rows in their order, the held-out rows, the
+    indices in ``dataset`` of the other rows)."""
     if size == 0:
-        return dataset, None
+        return dataset, None, np.arange(len(dataset))
     held = np.zeros(len(dataset), dtype=bool)
     held[random.Random(seed).sample(range(len(dataset)), size)] = True
-    return dataset.select(np.flatnonzero(~held)), dataset.select(np.flatnonzero(held))
+    kept = np.flatnonzero(~held)
+    return dataset.select(kept), dataset.select(np.flatnonzero(held)), kept
+
+
+def _repeat_first(dataset: Dataset, rows: int, copies: int) -> Dataset:
+    """``dataset`` with its first ``rows`` rows ``copies`` times (an index mapping: no data is copied)."""
+    if copies == 1:
+        return dataset
+    return dataset.select(np.concatenate([np.tile(np.arange(rows), copies), np.arange(rows, len(dataset))]))
 
 
 class StoredTargetsMSEEvaluator(MSEEvaluator):

@@ -38,7 +38,7 @@ class AsymmetricPair:
     cards. :func:`kale_st.align` fills ``source_model`` (the original model, teacher and document encoder: its Hub id,
     or the folder name of a local-only model, never a local path), ``num_layers`` (of the source), ``kept_layers``,
     ``strategy``, ``loss``, ``loss_config`` (``{"temperature": 0.2}`` for KALELoss), ``num_queries`` (training data
-    size), ``epochs``, ``batch_size``, ``learning_rate``, ``seed``, ``training_steps``, ``world_size``,
+    size), ``real_query_share`` and ``real_query_copies`` (how many times each real query was trained on), ``epochs``, ``batch_size``, ``learning_rate``, ``seed``, ``training_steps``, ``world_size``,
     ``alignment_seconds`` and, given held-out queries, ``agreement``. Optional keys that other code fills in:
 
     - ``source_revision``: Hub commit of ``source_model`` (if absent: the document model's

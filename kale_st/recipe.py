@@ -7,7 +7,7 @@ alignment queries (carved automatically, no labels) stops improving.
 
 Example:
     >>> recipe_for(2)
-    Recipe(max_steps=300, learning_rate=0.001, batch_size=64, dropout=False)
+    Recipe(max_steps=300, learning_rate=0.001, batch_size=64, dropout=False, real_query_share=0.2)
     >>> recipe_for(2, teacher_layers=12).max_steps  # a 12-layer teacher: twice the budget of a 6-layer one
     600
     >>> held_out_size(10_000), held_out_size(500)
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,12 +37,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Recipe:
-    """Step budget, peak learning rate, batch size and dropout (on or off while training) of an alignment run."""
+    """Step budget, peak learning rate, batch size, dropout (on or off while training) and the least share of the
+    training rows that real queries make up beside pseudo-queries (:func:`real_query_copies`) of an alignment run."""
 
     max_steps: int
     learning_rate: float
     batch_size: int
     dropout: bool = False
+    real_query_share: float = 0.2
 
 
 #: Recipe by number of kept layers, chosen on the SciFact validation split (README "Defaults that transfer"). For
@@ -49,9 +52,11 @@ class Recipe:
 #: validation by ``benchmarks/static_student.py``, README "Zero layers"). Other counts take ``DEFAULT_RECIPE``.
 #: Dropout is off while aligning (won for 2 and 3 layers on both teachers) except for 1 layer, whose 12 -> 1 student
 #: of all-mpnet-base-v2 collapsed without it at this learning rate.
+#: Real queries are repeated beside many pseudo-queries (``real_query_share``; won for 2 and 3 layers on both teachers)
+#: except for 0 and 1 kept layers, where it was not measured.
 RECIPES: dict[int, Recipe] = {
-    0: Recipe(max_steps=400, learning_rate=2e-2, batch_size=256),
-    1: Recipe(max_steps=300, learning_rate=3e-3, batch_size=64, dropout=True),
+    0: Recipe(max_steps=400, learning_rate=2e-2, batch_size=256, real_query_share=0.0),
+    1: Recipe(max_steps=300, learning_rate=3e-3, batch_size=64, dropout=True, real_query_share=0.0),
 }
 DEFAULT_RECIPE = Recipe(max_steps=300, learning_rate=1e-3, batch_size=64)
 #: A student pruned from a deeper teacher has more to learn: a transformer student trains at least this many steps per
@@ -82,6 +87,19 @@ def recipe_for(num_layers: int, teacher_layers: int = 0) -> Recipe:
     if num_layers == 0:
         return recipe
     return replace(recipe, max_steps=max(recipe.max_steps, STEPS_PER_TEACHER_LAYER * teacher_layers))
+
+
+def real_query_copies(real: int, pseudo: int, share: float) -> int:
+    """How many times each of ``real`` queries is trained on so that they make up at least ``share`` of the training
+    rows beside ``pseudo`` pseudo-queries (1: they already do, or there is nothing to weigh them against).
+
+    Example:
+        >>> real_query_copies(615, 9_531, 0.2), real_query_copies(5_000, 10_000, 0.2), real_query_copies(615, 0, 0.2)
+        (4, 1, 1)
+    """
+    if real == 0 or pseudo == 0 or share <= 0:
+        return 1
+    return max(1, math.ceil(share * pseudo / ((1 - share) * real)))
 
 
 def held_out_size(num_queries: int) -> int:

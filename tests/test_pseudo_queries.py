@@ -197,6 +197,8 @@ def test_cli_align_with_queries_and_a_corpus(cli_files: dict[str, Path], capsys:
         (["align", "--model", "{model}"], "pass --queries, --corpus (pseudo-queries from the documents) or both"),
         (["align", "--model", "{model}", "--corpus", "{beir}", "--max-queries", "3"], "--max-queries applies to --queries"),
         (["align", "--model", "{model}", "--corpus", "{tmp}/nothing"], "does not exist"),
+        (["align", "--model", "{model}", "--queries", "{queries}", "--corpus", "{beir}", "--real-query-share", "1"],
+         "argument --real-query-share: '1' is not a share from 0 to under 1"),
         (["prune", "--model", "{model}", "--layers", "2", "--strategy", "search", "--output", "{tmp}/o"], "pass queries="),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,15 @@ from torch import nn
 
 import kale_st
 from kale_st.align import _carve
-from kale_st.recipe import DEFAULT_RECIPE, MAX_HELD_OUT, MIN_QUERIES, RECIPES, held_out_size, recipe_for
+from kale_st.recipe import (
+    DEFAULT_RECIPE,
+    MAX_HELD_OUT,
+    MIN_QUERIES,
+    RECIPES,
+    held_out_size,
+    real_query_copies,
+    recipe_for,
+)
 
 WORDS = "the a cat dog query document dense model layer fast slow retrieval with on is".split()
 
@@ -33,8 +42,9 @@ def test_held_out_slice_bounds() -> None:
     assert held_out_size(MIN_QUERIES - 1) == 0
     assert held_out_size(MIN_QUERIES) == round(MIN_QUERIES * 0.05)
     assert held_out_size(10**7) == MAX_HELD_OUT
-    train, held_rows = _carve(Dataset.from_dict({"query": queries(1000)}), 50, seed=1)
+    train, held_rows, rows = _carve(Dataset.from_dict({"query": queries(1000)}), 50, seed=1)
     texts, held = list(train["query"]), list(held_rows["query"])
+    assert [queries(1000)[i] for i in rows] == texts  # the indices of the rows kept for training
     assert len(held) == 50 and len(texts) == 950 and not set(held) & set(texts)
     assert held == held_out_slice(queries(1000), 50, seed=1)  # seeded: the slice a list of texts gave
     assert texts == [text for text in queries(1000) if text not in held]  # the rest in their order
@@ -118,3 +128,60 @@ def test_alignment_trains_without_dropout_unless_asked_or_one_layer(
     rates_seen.clear()  # the 1-layer recipe keeps dropout on (a 12 -> 1 student collapsed without it)
     pair = kale_st.align(teacher, queries(40), layers=1, max_steps=3, batch_size=8)
     assert rates_seen == [{0.1}] * 3 and pair.metadata["dropout"] is True and RECIPES[1].dropout
+
+
+def test_real_query_share_out_of_range_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"real_query_share=1: pass a share of the training rows, from 0 to under 1"):
+        kale_st.align(tiny_model(tmp_path / "m"), queries(8), corpus=CORPUS, real_query_share=1)
+
+
+def test_real_query_copies() -> None:
+    assert real_query_copies(615, 9_531, 0.2) == 4  # SciFact: 615 real training queries, 9,531 pseudo-queries
+    assert 4 * 615 / (4 * 615 + 9_531) >= 0.2 > 3 * 615 / (3 * 615 + 9_531)  # the fewest copies reaching the share
+    assert real_query_copies(5_000, 10_000, 0.2) == 1  # already a third of the rows
+    assert real_query_copies(615, 0, 0.2) == real_query_copies(0, 9_531, 0.2) == real_query_copies(615, 9_531, 0) == 1
+
+
+#: 200 documents of 5 sentences of 6 distinct words: 1,000 distinct pseudo-queries.
+CORPUS = [". ".join(" ".join(f"W{d}x{s}x{w}" for w in range(6)) for s in range(5)) + "." for d in range(200)]
+
+
+def test_few_real_queries_are_repeated_beside_many_pseudo_queries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trained_on: list[list[str]] = []
+    trainer_init = SentenceTransformerTrainer.__init__
+
+    def recording_init(trainer: SentenceTransformerTrainer, *args: object, **kwargs: object) -> None:
+        trained_on.append(list(kwargs["train_dataset"]["query"]))
+        trainer_init(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(SentenceTransformerTrainer, "__init__", recording_init)
+    model, real = tiny_model(tmp_path / "m"), queries(60)
+    meta = kale_st.align(model, real, corpus=CORPUS, num_pseudo_queries=700, max_steps=1, batch_size=8).metadata
+    rows = Counter(trained_on[0])
+    held = {text for text in real if text not in rows}  # the real queries early stopping held out
+    assert meta["num_queries"] == 760 and meta["early_stopping"]["held_out_queries"] == held_out_size(760) == 38
+    copies = real_query_copies(60 - len(held), 700 - (38 - len(held)), DEFAULT_RECIPE.real_query_share)
+    assert copies > 1 and meta["real_query_copies"] == copies and meta["real_query_share"] == DEFAULT_RECIPE.real_query_share
+    assert {rows[text] for text in real if text not in held} == {copies}  # each real training query, copies times
+    assert {count for text, count in rows.items() if text not in real} == {1}  # each pseudo-query once
+    assert sum(rows.values()) == (60 - len(held)) * copies + 700 - (38 - len(held))  # held-out rows never trained on
+    # real_query_share=0: every training row once, and the card says nothing of copies.
+    meta = kale_st.align(model, real, corpus=CORPUS, num_pseudo_queries=700, max_steps=1, batch_size=8,
+                         real_query_share=0, output_dir=tmp_path / "once").metadata
+    assert meta["real_query_copies"] == 1 and len(trained_on[1]) == len(set(trained_on[1])) == 760 - 38
+    assert "trained on" not in (tmp_path / "once" / "query" / "README.md").read_text()
+    # 1 kept layer: the recipe repeats nothing (not measured there).
+    assert RECIPES[1].real_query_share == RECIPES[0].real_query_share == 0
+    meta = kale_st.align(model, real, corpus=CORPUS, num_pseudo_queries=700, layers=1, max_steps=1).metadata
+    assert meta["real_query_copies"] == 1 and len(trained_on[2]) == 760 - 38
+
+
+def test_the_card_says_how_often_real_queries_were_trained_on(tmp_path: Path) -> None:
+    pair = kale_st.align(tiny_model(tmp_path / "m"), queries(20), corpus=CORPUS, num_pseudo_queries=300, max_steps=1,
+                         batch_size=8, output_dir=tmp_path / "pair")
+    copies = real_query_copies(20, 300, DEFAULT_RECIPE.real_query_share)
+    assert copies > 1 and pair.metadata["real_query_copies"] == copies
+    card = (tmp_path / "pair" / "query" / "README.md").read_text()
+    assert f"20 real ones (each trained on {copies} times: at least 20 % of the training rows)" in card

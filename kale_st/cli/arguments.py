@@ -70,6 +70,17 @@ def positive(kind: type) -> Any:
     return parse
 
 
+def share(text: str) -> float:
+    """A share from 0 to under 1 (``--real-query-share``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share from 0 to under 1")
+    return value
+
+
 # ------------------------------------------------------------------------------------------- shared options
 
 
@@ -106,6 +117,9 @@ def add_alignment(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dropout", action=argparse.BooleanOptionalAction,
                         help="train with the student's configured dropout, or without; default: the recipe's "
                         "(off, on for 1 kept layer)")
+    parser.add_argument("--real-query-share", type=share, help="with --queries and --corpus: repeat the real queries "
+                        "until they make up at least this share of the training rows (0: each once); default: the "
+                        "recipe's (0.2; 0 for 0 or 1 kept layers)")
     parser.add_argument("--precision", choices=PRECISIONS, default=ALIGN_DEFAULTS["precision"],
                         help="teacher targets and training steps in bfloat16 autocast (bf16) or float32 (fp32); "
                         "default %(default)s: bf16 where the hardware computes it (AVX512-BF16, AMX, bf16 GPUs)")
@@ -125,6 +139,7 @@ def alignment(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "precision": args.precision,
         "dropout": args.dropout,
+        "real_query_share": args.real_query_share,
         "disable_tqdm": False,  # the Trainer hides it when transformers logs errors only
     }
 
