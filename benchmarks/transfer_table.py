@@ -80,7 +80,8 @@ def make_student(row: str, teacher: SentenceTransformer, layers: int, splits: Sp
         "alignment_queries": meta["num_queries"],
         "recipe": f"{recipe}, lr {meta['learning_rate']:g}, batch {meta['batch_size']}"
                   + (", bf16" if meta.get("precision") == "bf16" else "")
-                  + (", no dropout" if meta.get("dropout") is False else ""),  # False: trained without dropout
+                  + (", no dropout" if meta.get("dropout") is False else "")  # False: trained without dropout
+                  + (f", real queries x{meta['real_query_copies']}" if meta.get("real_query_copies", 1) > 1 else ""),
         "steps": meta["training_steps"],
         "stop_reason": meta["stop_reason"],
         "seconds": seconds,

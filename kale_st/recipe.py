@@ -94,7 +94,7 @@ def real_query_copies(real: int, pseudo: int, share: float) -> int:
     rows beside ``pseudo`` pseudo-queries (1: they already do, or there is nothing to weigh them against).
 
     Example:
-        >>> real_query_copies(615, 9_531, 0.2), real_query_copies(5_000, 10_000, 0.2), real_query_copies(615, 0, 0.2)
+        >>> real_query_copies(619, 9_527, 0.2), real_query_copies(5_000, 10_000, 0.2), real_query_copies(619, 0, 0.2)
         (4, 1, 1)
     """
     if real == 0 or pseudo == 0 or share <= 0:
