@@ -125,7 +125,7 @@ def align(
         temperature: :class:`KALELoss` softmax temperature.
         max_steps, learning_rate, batch_size: Training recipe; ``None`` takes :func:`kale_st.recipe.recipe_for` the
             kept layer count and the teacher's depth (a 12-layer teacher: a budget of 600 steps, a 6-layer one 300).
-            ``epochs`` instead of a step budget trains that many passes over the queries.
+            ``epochs`` instead of a step budget trains that many passes over the training rows (real queries repeated).
         early_stopping: Hold out a slice of the alignment queries (5 %, at most 500; none under 640 queries) and stop
             when the student's agreement with the teacher on it stops improving, keeping the best student.
         seed: Seed of the Trainer, of the pseudo-queries and of the held-out slice (same seed, same student on CPU).

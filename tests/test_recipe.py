@@ -163,7 +163,8 @@ def test_few_real_queries_are_repeated_beside_many_pseudo_queries(
     held = {text for text in real if text not in rows}  # the real queries early stopping held out
     assert meta["num_queries"] == 760 and meta["early_stopping"]["held_out_queries"] == held_out_size(760) == 38
     copies = real_query_copies(60 - len(held), 700 - (38 - len(held)), DEFAULT_RECIPE.real_query_share)
-    assert copies > 1 and meta["real_query_copies"] == copies and meta["real_query_share"] == DEFAULT_RECIPE.real_query_share
+    assert copies > 1 and meta["real_query_copies"] == copies
+    assert meta["real_query_share"] == DEFAULT_RECIPE.real_query_share
     assert {rows[text] for text in real if text not in held} == {copies}  # each real training query, copies times
     assert {count for text, count in rows.items() if text not in real} == {1}  # each pseudo-query once
     assert sum(rows.values()) == (60 - len(held)) * copies + 700 - (38 - len(held))  # held-out rows never trained on
