@@ -57,7 +57,8 @@ def main() -> None:
     parser.add_argument("--dropout", action=argparse.BooleanOptionalAction,
                         help="train with the student's configured dropout, or without; default: align's recipe")
     parser.add_argument("--real-repeats", type=int, nargs="+", default=[1],
-                        help="probe: pass the real alignment queries this many times (weighting them against the pseudo-queries)")
+                        help="probe: pass the real alignment queries this many times (weighing them against the "
+                        "pseudo-queries)")
     parser.add_argument("--epochs", type=float, default=None, help="epochs instead of a step budget")
     parser.add_argument("--no-early-stopping", action="store_true")
     parser.add_argument("--label-free", action="store_true", help="agreement only: no index, no nDCG")

@@ -99,7 +99,7 @@ def real_query_copies(real: int, pseudo: int, share: float) -> int:
     """
     if real == 0 or pseudo == 0 or share <= 0:
         return 1
-    return max(1, math.ceil(share * pseudo / ((1 - share) * real)))
+    return math.ceil(share * pseudo / ((1 - share) * real))  # at least 1: every factor is positive
 
 
 def held_out_size(num_queries: int) -> int:
