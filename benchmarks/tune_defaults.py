@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from fetch_mpnet import cache_root
 from protocol import corpus_embeddings, load_teacher, score, scifact_splits
 
 import kale_st
+from kale_st.align import LOSSES
 from kale_st.evaluation import BeirData
 from kale_st.precision import PRECISIONS
 
@@ -50,6 +52,9 @@ def main() -> None:
     parser.add_argument("--strategy", nargs="+", default=["spread"])
     parser.add_argument("--kept", nargs="+", default=[None], help="exact kept layers, comma-separated (for example 0,11)")
     parser.add_argument("--temperature", type=float, nargs="+", default=[None], help="default: KALELoss's")
+    parser.add_argument("--loss", nargs="+", default=["kale"], choices=sorted(LOSSES), help="align's loss")
+    parser.add_argument("--token-weight", type=float, default=None,
+                        help="probe: kale-tokens' weight of the token term (default: align's TOKEN_WEIGHT)")
     parser.add_argument("--sampler", nargs="+", default=[None], choices=[None, "random", "length"],
                         help="training batches: random, or grouped by length; default: align's")
     parser.add_argument("--seed", type=int, nargs="+", default=[42])
@@ -67,13 +72,15 @@ def main() -> None:
     if args.summary:
         return print_summary()
 
+    if args.token_weight is not None:
+        sys.modules["kale_st.align"].TOKEN_WEIGHT = args.token_weight  # read by LOSSES["kale-tokens"] at each run
     splits = scifact_splits()
     teacher = load_teacher(args.teacher)
     documents = None if args.label_free else corpus_embeddings(teacher, splits)
     teacher_ndcg = None if args.label_free else score(teacher, splits.validation, documents)
-    for layers, pseudo, lr, steps, batch, strategy, kept, temperature, sampler, seed, repeats in itertools.product(
+    for layers, pseudo, lr, steps, batch, strategy, kept, temperature, sampler, seed, repeats, loss in itertools.product(
         args.layers, args.pseudo, args.lr, args.steps, args.batch_size, args.strategy, args.kept, args.temperature,
-        args.sampler, args.seed, args.real_repeats,
+        args.sampler, args.seed, args.real_repeats, args.loss,
     ):
         if kept is not None:
             layers = [int(i) for i in kept.split(",")]
@@ -85,6 +92,7 @@ def main() -> None:
             num_pseudo_queries=pseudo or 1,
             layers=layers,
             strategy=strategy,
+            loss=loss,
             learning_rate=lr,
             max_steps=steps if args.epochs is None else None,
             epochs=args.epochs,
@@ -108,6 +116,7 @@ def main() -> None:
             **({"real_repeats": repeats} if repeats != 1 else {}),
             "learning_rate": meta["learning_rate"],
             "temperature": meta["loss_config"].get("temperature"),
+            **({"token_weight": meta["loss_config"]["token_weight"]} if "token_weight" in meta["loss_config"] else {}),
             "batch_size": meta["batch_size"],
             "sampler": sampler or ("length" if meta["kept_layers"] else "random"),  # align's default
             "seed": seed,
@@ -119,6 +128,7 @@ def main() -> None:
             "validation_ndcg@10": None if args.label_free else score(pair.query_model, splits.validation, documents),
             "teacher_validation_ndcg@10": teacher_ndcg,
             "validation_cosine": agreement(pair.query_model, teacher, splits.validation),
+            "real_query_copies": meta["real_query_copies"],
             "seconds": round(time.perf_counter() - start, 1),
             "threads": torch.get_num_threads(),
         }

@@ -40,6 +40,7 @@ from kale_st.queries import (
 )
 from kale_st.recipe import (
     EVALUATIONS,
+    PATIENCE_FROM,
     EarlyStopping,
     held_out_size,
     real_query_copies,
@@ -52,11 +53,19 @@ from kale_st.targets import ENCODE_BATCH_SIZE, distributed_state, teacher_target
 
 logger = logging.getLogger(__name__)
 
-#: Alignment losses by name: each builds the loss for a student. One line to add another.
+#: Alignment losses by name: each builds the loss for a student from its frozen teacher. One line to add another.
+#: ``kale-tokens`` adds a token-level term (:class:`KALELoss` ``token_weight``), computed with the teacher online.
 LOSSES: dict[str, Callable[..., nn.Module]] = {
-    "kale": lambda student, temperature: KALELoss(student, temperature),
-    "mse": lambda student, temperature: MSELoss(student),
+    "kale": lambda student, teacher, temperature: KALELoss(student, temperature),
+    "kale-tokens": lambda student, teacher, temperature: KALELoss(
+        student, temperature, teacher=teacher, token_weight=TOKEN_WEIGHT
+    ),
+    "mse": lambda student, teacher, temperature: MSELoss(student),
 }
+#: Losses that align contextual token embeddings: a static student (``layers=0``) has none.
+TOKEN_LOSSES = {"kale-tokens"}
+#: ``kale-tokens``' weight of the token term (README "Defaults that transfer", levers).
+TOKEN_WEIGHT = 1.0
 #: How many pseudo-queries ``align(model, corpus=...)`` makes by default.
 DEFAULT_PSEUDO_QUERIES = 10_000
 #: With fewer alignment queries the default layer choice is ``spread``: ``search``'s probe needs 2 per fold.
@@ -121,13 +130,15 @@ def align(
         strategy: Layer-selection strategy (see :data:`kale_st.STRATEGIES`); ``None``: ``search``, which measures
             candidate layer sets on a sample of the alignment queries (the real ones when there are enough), or
             ``spread`` under :data:`SEARCH_MIN_QUERIES` queries.
-        loss: ``"kale"`` (:class:`KALELoss`) or ``"mse"`` (sentence-transformers' ``MSELoss``).
+        loss: ``"kale"`` (:class:`KALELoss`, the paper's), ``"kale-tokens"`` (plus a token-level term, with the teacher
+            run online at every step: slower) or ``"mse"`` (sentence-transformers' ``MSELoss``).
         temperature: :class:`KALELoss` softmax temperature.
         max_steps, learning_rate, batch_size: Training recipe; ``None`` takes :func:`kale_st.recipe.recipe_for` the
             kept layer count and the teacher's depth (a 12-layer teacher: a budget of 600 steps, a 6-layer one 300).
             ``epochs`` instead of a step budget trains that many passes over the training rows (real queries repeated).
         early_stopping: Hold out a slice of the alignment queries (5 %, at most 500; none under 640 queries) and stop
-            when the student's agreement with the teacher on it stops improving, keeping the best student.
+            when the student's agreement with the teacher on it stops improving (patience counts from half the budget
+            on), keeping the best student.
         seed: Seed of the Trainer, of the pseudo-queries and of the held-out slice (same seed, same student on CPU).
         eval_queries: Held-out queries: student-teacher MSE and cosine are reported before and after.
         query_column: Text column of a Dataset/JSONL ``queries`` (default ``query``, ``text`` or ``sentence``) or
@@ -167,6 +178,9 @@ def align(
     """
     if loss not in LOSSES:
         raise ValueError(f"Unknown loss {loss!r}: use one of {sorted(LOSSES)}.")
+    if loss in TOKEN_LOSSES and layers == 0:
+        raise ValueError(f"loss={loss!r} aligns contextual token embeddings, which a static student (layers=0) does "
+                         "not have: use loss='kale', or keep at least one layer.")
     if queries is None and corpus is None:
         raise ValueError("align needs queries=..., corpus=... (the documents to make pseudo-queries from), or both.")
     if real_query_share is not None and not 0 <= real_query_share < 1:
@@ -214,10 +228,12 @@ def align(
 
     total_steps = max_steps if epochs is None else math.ceil(epochs * len(train_dataset) / batch_size)
     interval = max(1, total_steps // EVALUATIONS)
-    stopper = EarlyStopping(student, f"eval_{STOPPING_NAME}_negative_mse") if stopping is not None else None
+    stopper = None
+    if stopping is not None:
+        stopper = EarlyStopping(student, f"eval_{STOPPING_NAME}_negative_mse", min_step=int(PATIENCE_FROM * total_steps))
     if stopper is not None and checkpoint is not None:
         stopper.load(checkpoint)
-    train_loss = LOSSES[loss](student, temperature)
+    train_loss = LOSSES[loss](student, teacher, temperature)
     scratch = tempfile.TemporaryDirectory(prefix="kale-train-") if checkpoint_dir is None else None
     with scratch or nullcontext(str(checkpoint_dir)) as training_dir:
         settings = {

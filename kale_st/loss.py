@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ class KALELoss(nn.Module):
         model: SentenceTransformer,
         temperature: float = DEFAULT_TEMPERATURE,
         teacher: SentenceTransformer | None = None,
+        token_weight: float = 0.0,
     ) -> None:
         r"""KALE alignment loss (Campos et al., SustaiNLP 2023): the student ``model`` learns to give the
         same distribution over embedding dimensions as its teacher.
@@ -41,7 +43,9 @@ class KALELoss(nn.Module):
             \mathcal{L} = T^2 \, \mathrm{KL}\big(\mathrm{softmax}(t / T) \,\|\, \mathrm{softmax}(s / T)\big)
 
         over the embedding dimensions, averaged over the batch, where ``t`` is the teacher embedding and
-        ``s`` the student's.
+        ``s`` the student's. With ``token_weight > 0`` a token-level term is added (not in the paper; off by
+        default): ``token_weight`` times the mean cosine distance between the student's and the teacher's
+        contextual token embeddings (the last layer's outputs, before pooling), over the non-padding tokens.
 
         Temperature: the reference used ``T = 1`` for unnormalized CLS vectors. Unit-normalized embeddings
         such as all-MiniLM-L6-v2's have ``|x| < 0.22`` per dimension: at ``T = 1`` the softmax of a SciFact
@@ -57,8 +61,10 @@ class KALELoss(nn.Module):
         Args:
             model: The student (trained by the Trainer).
             temperature: Softmax temperature ``T`` (> 0).
-            teacher: A frozen teacher computing ``t`` online from the student's inputs (it must share the
-                student's tokenizer). ``None``: ``t`` comes precomputed in ``labels`` (faster: encode once).
+            teacher: A teacher computing ``t`` online from the student's inputs, without gradients and in eval mode
+                (it must share the student's tokenizer; it is left as it was given). ``None``: ``t`` comes precomputed in ``labels`` (faster: encode once).
+            token_weight: Weight of the token-level term (>= 0). It needs ``teacher`` (token embeddings are not
+                precomputed) and a transformer student (a static student has no contextual tokens).
 
         Inputs:
             +---------------------+-----------------------------------------------------------------+
@@ -84,27 +90,40 @@ class KALELoss(nn.Module):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
+        if not token_weight >= 0:
+            raise ValueError(f"token_weight must be >= 0, got {token_weight}.")
+        if token_weight > 0 and teacher is None:
+            raise ValueError("token_weight > 0 aligns the teacher's token embeddings, which are not precomputed: pass "
+                             "teacher=<the frozen teacher>, or token_weight=0.")
         self.model = model
         self.temperature = temperature
         self.teacher = teacher
+        self.token_weight = token_weight
         if teacher is not None:
             _check_same_tokenizer(teacher, model)
-            teacher.eval()
-            teacher.requires_grad_(False)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
         features = list(sentence_features)
         if len(features) != 1:
             raise ValueError(f"KALELoss takes one text column (the queries), got {len(features)}.")
-        student = self.model(features[0])["sentence_embedding"]
+        # Each model gets its own copy of the inputs: sentence-transformers modules add their outputs to the dict.
+        output = self.model(dict(features[0]))
+        student = output["sentence_embedding"]
         if self.teacher is not None:
-            with torch.no_grad():
-                target = self.teacher(features[0])["sentence_embedding"]
+            with torch.no_grad(), _eval_mode(self.teacher):
+                taught = self.teacher(dict(features[0]))
+            target = taught["sentence_embedding"]
         elif labels is None:
             raise ValueError("KALELoss needs teacher embeddings as labels, or a teacher=SentenceTransformer.")
         else:
             target = labels
         loss = kale_divergence(student.float(), target.float(), self.temperature)  # float32 under autocast too
+        if self.token_weight > 0:
+            if "token_embeddings" not in output:
+                raise ValueError(f"token_weight={self.token_weight} needs a student with contextual token embeddings "
+                                 "(a transformer); this one gives none (a static student?): use token_weight=0.")
+            distance = token_distance(output["token_embeddings"], taught["token_embeddings"], output["attention_mask"])
+            loss = loss + self.token_weight * distance
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"KALELoss is {loss.item()}: training diverged. Lower the learning rate or raise the temperature "
@@ -113,7 +132,7 @@ class KALELoss(nn.Module):
         return loss
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"temperature": self.temperature}
+        return {"temperature": self.temperature, **({"token_weight": self.token_weight} if self.token_weight else {})}
 
     @property
     def citation(self) -> str:
@@ -129,6 +148,26 @@ def kale_divergence(student: Tensor, teacher: Tensor, temperature: float) -> Ten
         log_target=True,
     )
     return kl * temperature**2
+
+
+def token_distance(student: Tensor, teacher: Tensor, attention_mask: Tensor) -> Tensor:
+    """Mean cosine distance ``1 - cos(s_i, t_i)`` between token embeddings ``(batch, tokens, dim)``, over the tokens
+    that ``attention_mask`` keeps (padding left out)."""
+    distance = 1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)
+    mask = attention_mask.to(distance.dtype)
+    return (distance * mask).sum() / mask.sum()
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode (no dropout) inside the block, its own mode back after it: the teacher, which the caller
+    may go on training or serving, is never changed."""
+    training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(training)
 
 
 def _check_same_tokenizer(teacher: SentenceTransformer, student: SentenceTransformer) -> None:

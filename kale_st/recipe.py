@@ -65,9 +65,12 @@ DEFAULT_RECIPE = Recipe(max_steps=300, learning_rate=1e-3, batch_size=64)
 STEPS_PER_TEACHER_LAYER = 50
 
 #: Early stopping: agreement is measured this many times over the budget; training stops after ``PATIENCE``
-#: measurements without a new best, and the best student is kept.
+#: measurements without a new best, counted from ``PATIENCE_FROM`` of the budget on, and the best student is kept.
+#: Before that the learning rate is near its peak and agreement can dip for a while after the warmup (a static student
+#: with a 200-step budget stopped in that dip at step 96 of 200, validation nDCG@10 0.499; README "Zero layers").
 EVALUATIONS = 12
 PATIENCE = 3
+PATIENCE_FROM = 0.5
 #: The held-out slice: a share of the alignment queries, within bounds; none below ``MIN_QUERIES`` queries.
 HELD_OUT_FRACTION = 0.05
 MAX_HELD_OUT = 500
@@ -110,7 +113,8 @@ def held_out_size(num_queries: int) -> int:
 
 
 class EarlyStopping(TrainerCallback):
-    """Stop when ``metric`` has not improved for ``patience`` evaluations; restore the best weights at the end.
+    """Stop when ``metric`` has not improved for ``patience`` evaluations at or after step ``min_step``; restore the
+    best weights at the end. Evaluations before ``min_step`` record a new best but count no patience.
 
     Unlike transformers' ``EarlyStoppingCallback`` it needs no checkpoint on disk (the best weights are kept in memory,
     on the CPU), so it behaves the same on every DDP rank. After training, ``stop_reason`` is ``"early stopping"`` or
@@ -118,8 +122,8 @@ class EarlyStopping(TrainerCallback):
     the callback's state too (:data:`STATE_FILE`, :data:`WEIGHTS_FILE`); :meth:`load` reads it back for a resumed run.
     """
 
-    def __init__(self, model: torch.nn.Module, metric: str, patience: int = PATIENCE) -> None:
-        self.model, self.metric, self.patience = model, metric, patience
+    def __init__(self, model: torch.nn.Module, metric: str, patience: int = PATIENCE, min_step: int = 0) -> None:
+        self.model, self.metric, self.patience, self.min_step = model, metric, patience, min_step
         self.best: float | None = None
         self.best_step = 0
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -133,7 +137,7 @@ class EarlyStopping(TrainerCallback):
         if self.best is None or value > self.best:
             self.best, self.best_step, self.waited = value, state.global_step, 0
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        else:
+        elif state.global_step >= self.min_step:
             self.waited += 1
             if self.waited >= self.patience:
                 self.stop_reason = "early stopping"

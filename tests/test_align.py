@@ -60,6 +60,20 @@ def test_same_seed_same_student(tmp_path: Path) -> None:
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_token_loss_option_trains_with_the_online_teacher_and_says_so_in_the_card(tmp_path: Path) -> None:
+    model = tiny_model(tmp_path / "m")
+    before = state(model)
+    pair = kale_st.align(model, QUERIES, loss="kale-tokens", output_dir=tmp_path / "pair", **FAST)
+    assert pair.metadata["loss"] == "KALELoss" and pair.metadata["loss_config"] == {"temperature": 0.2, "token_weight": 1.0}
+    assert_same_state(before, model)  # the online teacher is used, not changed
+    card = (tmp_path / "pair" / "query" / "README.md").read_text()
+    assert "plus a token-level term (cosine distance of the contextual token embeddings, weight 1.0)" in card
+    plain = kale_st.align(model, QUERIES, **FAST)
+    assert plain.metadata["loss_config"] == {"temperature": 0.2}
+    assert not torch.equal(plain.encode_query(SENTENCES, convert_to_tensor=True),
+                           pair.encode_query(SENTENCES, convert_to_tensor=True))
+
+
 def test_mse_loss_option_and_save_load_round_trip(tmp_path: Path) -> None:
     pair = kale_st.align(tiny_model(tmp_path / "m"), QUERIES, loss="mse", output_dir=tmp_path / "pair", **FAST)
     assert pair.metadata["loss"] == "MSELoss"

@@ -1,7 +1,8 @@
-"""KALELoss: the formula, its high-temperature limit, the online teacher, and its errors."""
+"""KALELoss: the formula, its high-temperature limit, the online teacher, the token-level term, and its errors."""
 
 from __future__ import annotations
 
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from datasets import Dataset
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
 import kale_st
-from kale_st.loss import kale_divergence
+from kale_st.loss import kale_divergence, token_distance
 
 
 def test_divergence_matches_the_formula() -> None:
@@ -55,12 +56,13 @@ def test_non_finite_loss_is_a_clear_error(bert_model) -> None:
         loss([features], labels)
 
 
-def test_online_teacher_stays_frozen_and_student_learns(tmp_path: Path) -> None:
+def test_online_teacher_is_left_as_given_and_student_learns(tmp_path: Path) -> None:
     teacher = tiny_model(tmp_path / "t")
     student = kale_st.prune_layers(teacher, 1)
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in student.state_dict().items()}
     loss = kale_st.KALELoss(student, teacher=teacher)
+    training = teacher.training
     args = SentenceTransformerTrainingArguments(
         output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4, report_to="none",
         save_strategy="no", learning_rate=1e-3,
@@ -70,7 +72,8 @@ def test_online_teacher_stays_frozen_and_student_learns(tmp_path: Path) -> None:
     )
     trainer.train()
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items())
-    assert not any(p.requires_grad for p in teacher.parameters())
+    # The teacher is used, never changed: no gradient flowed into it, and it is left trainable and in its own mode.
+    assert all(p.grad is None and p.requires_grad for p in teacher.parameters()) and teacher.training is training
     assert not all(torch.equal(v, student.state_dict()[k]) for k, v in student_before.items())
 
 
@@ -80,3 +83,40 @@ def test_online_teacher_with_another_tokenizer_is_refused(tmp_path: Path) -> Non
     other.tokenizer.add_tokens(["kale"])
     with pytest.raises(ValueError, match="tokenizer .* differs from the student's"):
         kale_st.KALELoss(other, teacher=teacher)
+
+
+def test_token_distance_is_the_mean_cosine_distance_over_real_tokens() -> None:
+    torch.manual_seed(0)
+    t = torch.randn(2, 4, 8)
+    s = t + 0.3 * torch.randn(2, 4, 8)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    cos = torch.nn.functional.cosine_similarity(s, t, dim=-1)
+    expected = torch.cat([1 - cos[0, :3], 1 - cos[1, :2]]).mean()
+    assert torch.allclose(token_distance(s, t, mask), expected, atol=1e-6)
+    padded = s.clone()
+    padded[mask == 0] = 100.0  # what padding positions hold does not count
+    assert torch.allclose(token_distance(padded, t, mask), expected, atol=1e-6)
+    assert token_distance(t, t, mask).abs() < 1e-6
+
+
+def test_token_term_adds_the_weighted_token_distance(tmp_path: Path) -> None:
+    teacher = tiny_model(tmp_path / "t")
+    student = kale_st.prune_layers(teacher, 1)
+    features = student.preprocess(SENTENCES[:3])
+    plain = kale_st.KALELoss(student, teacher=teacher)([features], None)
+    with_tokens = kale_st.KALELoss(student, teacher=teacher, token_weight=0.5)
+    assert with_tokens.get_config_dict() == {"temperature": 0.2, "token_weight": 0.5}
+    s, t = student(dict(features)), teacher(dict(features))
+    distance = token_distance(s["token_embeddings"], t["token_embeddings"], features["attention_mask"])
+    assert distance > 0.01
+    assert torch.allclose(with_tokens([features], None), plain + 0.5 * distance, atol=1e-6)
+    # An unpruned copy of the teacher has nothing to learn on either term.
+    copy = kale_st.KALELoss(deepcopy(teacher), teacher=teacher, token_weight=1.0)
+    assert copy([features], None).abs() < 1e-6
+
+
+def test_token_term_errors_name_the_fix(bert_model) -> None:
+    with pytest.raises(ValueError, match="pass teacher=<the frozen teacher>, or token_weight=0"):
+        kale_st.KALELoss(bert_model, token_weight=1.0)
+    with pytest.raises(ValueError, match="token_weight must be >= 0"):
+        kale_st.KALELoss(bert_model, teacher=bert_model, token_weight=-1.0)

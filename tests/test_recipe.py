@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from conftest import tiny_model, write_tiny_transformer
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from torch import nn
+from transformers import TrainerControl
 
 import kale_st
 from kale_st.align import _carve
@@ -20,6 +22,7 @@ from kale_st.recipe import (
     MAX_HELD_OUT,
     MIN_QUERIES,
     RECIPES,
+    EarlyStopping,
     held_out_size,
     real_query_copies,
     recipe_for,
@@ -88,6 +91,24 @@ def test_early_stopping_stops_and_keeps_the_best_student(tmp_path: Path) -> None
     student = pair.query_model.encode_query(held, convert_to_tensor=True)
     assert -100 * torch.mean((teacher - student) ** 2).item() == pytest.approx(stopping["best_agreement"], rel=1e-4)
     assert stopping["best_step"] < meta["training_steps"]
+
+
+def test_patience_counts_only_from_min_step() -> None:
+    """A dip in agreement early in the run (the learning rate near its peak) does not stop training; the same run of
+    evaluations without a new best after ``min_step`` does."""
+    stopper = EarlyStopping(nn.Linear(3, 2), "score", patience=2, min_step=50)
+    control, stopped_at = TrainerControl(), None
+    scores = {10: -1.0, 20: -3.0, 30: -3.0, 40: -2.0, 50: -0.5, 60: -0.9, 70: -0.8, 80: -0.7}
+    for step, score in scores.items():
+        stopper.on_evaluate(None, SimpleNamespace(global_step=step), control, metrics={"score": score})
+        if control.should_training_stop and stopped_at is None:
+            stopped_at = step
+    assert (stopped_at, stopper.best_step, stopper.stop_reason) == (70, 50, "early stopping")
+    # Without min_step the dip after step 10 stops the run at step 30.
+    eager, control = EarlyStopping(nn.Linear(3, 2), "score", patience=2), TrainerControl()
+    for step in (10, 20, 30):
+        eager.on_evaluate(None, SimpleNamespace(global_step=step), control, metrics={"score": scores[step]})
+    assert control.should_training_stop and eager.best_step == 10
 
 
 def test_budget_or_epochs_not_both(tmp_path: Path) -> None:

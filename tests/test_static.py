@@ -64,6 +64,8 @@ def test_static_student_errors(bert_model: SentenceTransformer, tmp_path: Path) 
         static_student(projected)
     with pytest.raises(ValueError, match="first module"):
         static_student(static_student(bert_model))
+    with pytest.raises(ValueError, match="which a static student .* does not have: use loss='kale'"):
+        kale_st.align(bert_model, ["a query"], layers=0, loss="kale-tokens")
 
 
 def test_align_zero_layers(bert_model: SentenceTransformer, tmp_path: Path) -> None:
