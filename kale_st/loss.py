@@ -45,7 +45,10 @@ class KALELoss(nn.Module):
         over the embedding dimensions, averaged over the batch, where ``t`` is the teacher embedding and
         ``s`` the student's. With ``token_weight > 0`` a token-level term is added (not in the paper; off by
         default): ``token_weight`` times the mean cosine distance between the student's and the teacher's
-        contextual token embeddings (the last layer's outputs, before pooling), over the non-padding tokens.
+        contextual token embeddings (the last layer's outputs, before pooling), over the non-padding tokens. The
+        teacher's come from ``teacher``, run at every step, or precomputed in the labels
+        (:func:`kale_st.targets.teacher_targets` with ``token_embeddings=True`` and
+        :class:`kale_st.targets.TokenTargetsCollator`, as ``align(loss="kale-tokens")`` does).
 
         Temperature: the reference used ``T = 1`` for unnormalized CLS vectors. Unit-normalized embeddings
         such as all-MiniLM-L6-v2's have ``|x| < 0.22`` per dimension: at ``T = 1`` the softmax of a SciFact
@@ -63,14 +66,16 @@ class KALELoss(nn.Module):
             temperature: Softmax temperature ``T`` (> 0).
             teacher: A teacher computing ``t`` online from the student's inputs, without gradients and in eval mode
                 (it must share the student's tokenizer; it is left as it was given). ``None``: ``t`` comes precomputed in ``labels`` (faster: encode once).
-            token_weight: Weight of the token-level term (>= 0). It needs ``teacher`` (token embeddings are not
-                precomputed) and a transformer student (a static student has no contextual tokens).
+            token_weight: Weight of the token-level term (>= 0). It needs the teacher's token embeddings (from
+                ``teacher`` or in the labels) and a transformer student (a static student has no contextual tokens).
 
         Inputs:
             +---------------------+-----------------------------------------------------------------+
             | Texts               | Labels                                                          |
             +=====================+=================================================================+
             | one column, queries | teacher embeddings ``(batch_size, dim)``, or none with teacher  |
+            |                     | (with token targets: a dict of ``sentence_embedding`` and       |
+            |                     | ``token_embeddings``, from ``TokenTargetsCollator``)             |
             +---------------------+-----------------------------------------------------------------+
 
         Example:
@@ -92,9 +97,6 @@ class KALELoss(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         if not token_weight >= 0:
             raise ValueError(f"token_weight must be >= 0, got {token_weight}.")
-        if token_weight > 0 and teacher is None:
-            raise ValueError("token_weight > 0 aligns the teacher's token embeddings, which are not precomputed: pass "
-                             "teacher=<the frozen teacher>, or token_weight=0.")
         self.model = model
         self.temperature = temperature
         self.teacher = teacher
@@ -112,16 +114,20 @@ class KALELoss(nn.Module):
         if self.teacher is not None:
             with torch.no_grad(), _eval_mode(self.teacher):
                 taught = self.teacher(dict(features[0]))
-            target = taught["sentence_embedding"]
         elif labels is None:
             raise ValueError("KALELoss needs teacher embeddings as labels, or a teacher=SentenceTransformer.")
-        else:
-            target = labels
+        else:  # precomputed: the query embeddings, or a dict like the teacher's output (with token targets)
+            taught = labels if isinstance(labels, dict) else {"sentence_embedding": labels}
+        target = taught["sentence_embedding"]
         loss = kale_divergence(student.float(), target.float(), self.temperature)  # float32 under autocast too
         if self.token_weight > 0:
             if "token_embeddings" not in output:
                 raise ValueError(f"token_weight={self.token_weight} needs a student with contextual token embeddings "
                                  "(a transformer); this one gives none (a static student?): use token_weight=0.")
+            if "token_embeddings" not in taught:
+                raise ValueError(f"token_weight={self.token_weight} needs the teacher's token embeddings: pass "
+                                 "teacher=<the frozen teacher>, or labels from teacher_targets(..., token_embeddings="
+                                 "True) through kale_st.targets.TokenTargetsCollator, or token_weight=0.")
             distance = token_distance(output["token_embeddings"], taught["token_embeddings"], output["attention_mask"])
             loss = loss + self.token_weight * distance
         if not torch.isfinite(loss):

@@ -23,6 +23,7 @@ import tempfile
 import weakref
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +32,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset, Features, List, Value, concatenate_datasets
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 from tqdm.auto import tqdm
 
 from kale_st.evaluation import fingerprint
@@ -43,6 +45,8 @@ logger = logging.getLogger(__name__)
 ENCODE_BATCH_SIZE = 32
 #: Texts encoded per call to ``encode_query`` and rows per Arrow record batch (about 15 MB of 384-d targets).
 DEFAULT_CHUNK_SIZE = 10_000
+#: The same with token embeddings, which take about 22 times the room (SciFact's queries hold 22 tokens on average).
+TOKEN_CHUNK_SIZE = 1_000
 _INFO = "targets.json"
 
 
@@ -55,8 +59,11 @@ def teacher_targets(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     show_progress_bar: bool | None = None,
     precision: str = "fp32",
+    token_embeddings: bool = False,
 ) -> Dataset:
-    """The alignment dataset: column ``query`` (the texts) and ``label`` (``teacher.encode_query``, float32).
+    """The alignment dataset: column ``query`` (the texts) and ``label`` (``teacher.encode_query``, float32); with
+    ``token_embeddings``, also ``token_label``: the teacher's contextual token embeddings of each text (its last
+    layer's outputs before pooling, one row per real token, float16), the targets of ``KALELoss``'s token term.
 
     Args:
         teacher: The frozen query encoder; it encodes with its own device, dtype and ``query`` prompt.
@@ -69,6 +76,8 @@ def teacher_targets(
         show_progress_bar: A progress bar with an ETA on the main process; default when there is more than a chunk.
         precision: ``"fp32"``: the teacher's own outputs; ``"bf16"``: encoded under bfloat16 autocast (1.5x faster
             where the hardware has bfloat16, :mod:`kale_st.precision`); ``"auto"``: ``"bf16"`` there, else ``"fp32"``.
+        token_embeddings: Keep the token embeddings too (on disk: tokens x width x 2 bytes a text, about 34 KB for a
+            22-token query of a 768-d teacher), so the token term needs no teacher pass while training.
 
     Returns:
         A memory-mapped ``datasets.Dataset`` in the order of ``texts``; ``label`` is a fixed-size float32 list.
@@ -80,6 +89,8 @@ def teacher_targets(
         raise ValueError("texts is a single string: pass a list or an iterable of query strings.")
     if chunk_size < 1 or batch_size < 1:
         raise ValueError(f"chunk_size={chunk_size}, batch_size={batch_size}: both must be at least 1.")
+    if token_embeddings:
+        chunk_size = min(chunk_size, TOKEN_CHUNK_SIZE)
     state = distributed_state(teacher)
     world = state.num_processes if state else 1
     rank = state.process_index if state else 0
@@ -96,7 +107,7 @@ def teacher_targets(
         work = Path(tempfile.mkdtemp(prefix=".targets-", dir=root))
         try:
             num_rows, texts_digest = _write_texts(texts, work / "queries.arrow", chunk_size)
-            key = _fingerprint(teacher, texts_digest, precision)
+            key = _fingerprint(teacher, texts_digest, precision, token_embeddings)
             final = root / f"targets-{key}"
             plan = [{"root": str(root), "work": str(work), "final": str(final), "rows": num_rows,
                      "cached": (final / _INFO).is_file()}]  # decided once, so every process takes the same branch
@@ -113,7 +124,8 @@ def teacher_targets(
         start, stop = rank * num_rows // world, (rank + 1) * num_rows // world
         show = (num_rows > chunk_size) if show_progress_bar is None else show_progress_bar
         with autocast(precision, device or teacher.device):
-            _encode_shard(teacher, work, rank, start, stop, batch_size, chunk_size, show and rank == 0, device)
+            _encode_shard(teacher, work, rank, start, stop, batch_size, chunk_size, show and rank == 0, device,
+                          token_embeddings)
         if state is not None:
             state.wait_for_everyone()
         if rank == 0:
@@ -137,6 +149,34 @@ def load_targets(folder: str | os.PathLike) -> Dataset:
         raise ValueError(f"{folder.name!r} is not a teacher-targets folder (no {_INFO}): make one with teacher_targets.")
     shards = [Dataset.from_file(str(path)) for path in sorted(folder.glob("shard-*.arrow"))]
     return shards[0] if len(shards) == 1 else concatenate_datasets(shards)
+
+
+class TokenTargetsCollator(SentenceTransformerDataCollator):
+    """sentence-transformers' data collator for targets with a ``token_label`` column (:func:`teacher_targets` with
+    ``token_embeddings=True``): a batch's label becomes a dict shaped like the teacher's own output,
+    ``sentence_embedding`` ``(batch, width)`` and ``token_embeddings`` ``(batch, tokens, width)``, each text's token
+    targets placed where the batch's attention mask keeps its tokens (zeros on padding), as :class:`KALELoss` reads it.
+
+    Example:
+        >>> collator = TokenTargetsCollator(preprocess_fn=student.preprocess)  # doctest: +SKIP
+        >>> SentenceTransformerTrainer(model=student, train_dataset=targets, loss=KALELoss(student, token_weight=1.0),
+        ...                            data_collator=collator)  # doctest: +SKIP
+    """
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        tokens = [torch.as_tensor(row["token_label"], dtype=torch.float32) for row in features]
+        batch = super().__call__([{k: v for k, v in row.items() if k != "token_label"} for row in features])
+        masks = [value for key, value in batch.items() if key.endswith("_attention_mask")]
+        if len(masks) != 1:
+            raise ValueError(f"Token targets go with one text column (the queries); this batch has {len(masks)}.")
+        mask = masks[0].bool()
+        if mask.sum(1).tolist() != [len(t) for t in tokens]:
+            raise ValueError("The token targets do not match the student's tokenization of the same texts (token "
+                             "counts differ): encode them with the student's tokenizer, sequence length and prompt.")
+        target = torch.zeros(*mask.shape, tokens[0].shape[-1])
+        target[mask] = torch.cat(tokens)
+        batch["label"] = {"sentence_embedding": batch["label"], "token_embeddings": target}
+        return batch
 
 
 def distributed_state(teacher: SentenceTransformer) -> PartialState | None:
@@ -169,12 +209,14 @@ def _write_texts(texts: Iterable[str], path: Path, chunk_size: int) -> tuple[int
     return count, digest.hexdigest()
 
 
-def _fingerprint(teacher: SentenceTransformer, texts_digest: str, precision: str) -> str:
-    """Teacher (weights, configuration, prompts) x texts x precision: what the targets depend on."""
+def _fingerprint(teacher: SentenceTransformer, texts_digest: str, precision: str, token_embeddings: bool) -> str:
+    """Teacher (weights, configuration, prompts) x texts x precision x token embeddings: what the targets depend on."""
     prompts = json.dumps([teacher.prompts, teacher.default_prompt_name], sort_keys=True, default=str)
     parts = ("encode_query", fingerprint(teacher, {}), prompts, texts_digest)
     if precision != "fp32":  # float32 targets keep the fingerprint they had before precision was an option
         parts += (precision,)
+    if token_embeddings:  # and those without token embeddings the one they had before them
+        parts += ("token_embeddings",)
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
@@ -188,6 +230,7 @@ def _encode_shard(
     chunk_size: int,
     show_progress_bar: bool,
     device: torch.device | None,
+    token_embeddings: bool,
 ) -> None:
     """Encode rows ``start:stop`` of the texts file into ``shard-<rank>.arrow``, a chunk at a time."""
     if start == stop:
@@ -200,19 +243,45 @@ def _encode_shard(
     ) as bar:
         for begin in range(start, stop, chunk_size):
             chunk = texts[begin : min(begin + chunk_size, stop)]["query"]
-            embeddings = teacher.encode_query(
-                chunk, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False, device=device
-            )
-            embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+            embeddings, tokens = _encode(teacher, chunk, batch_size, device, token_embeddings)
+            width = embeddings.shape[1]
             if writer is None:  # the width is known once the teacher has encoded something
-                label = List(Value("float32"), length=embeddings.shape[1])
-                schema = Features({"query": Value("string"), "label": label}).arrow_schema
+                columns = {"query": Value("string"), "label": List(Value("float32"), length=width)}
+                if token_embeddings:
+                    columns["token_label"] = List(List(Value("float16"), length=tokens[0].shape[1]))
+                schema = Features(columns).arrow_schema
                 writer = pa.ipc.new_stream(sink, schema)
-            labels = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1)), embeddings.shape[1])
-            writer.write_batch(pa.record_batch([pa.array(chunk, pa.string()), labels], schema=schema))
+            arrays = [pa.array(chunk, pa.string()), _fixed_size(embeddings)]
+            if token_embeddings:
+                offsets = np.concatenate([[0], np.cumsum([len(t) for t in tokens])]).astype(np.int32)
+                arrays.append(pa.ListArray.from_arrays(pa.array(offsets), _fixed_size(np.concatenate(tokens))))
+            writer.write_batch(pa.record_batch(arrays, schema=schema))
             bar.update(len(chunk))
         writer.close()
     partial.replace(work / f"shard-{rank:05d}.arrow")
+
+
+def _encode(
+    teacher: SentenceTransformer, texts: list[str], batch_size: int, device: torch.device | None, tokens: bool
+) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """The teacher's query embeddings of ``texts`` (float32) and, with ``tokens``, each text's token embeddings over
+    its real tokens (float16, ``(tokens, width)``)."""
+    if not tokens:
+        embeddings = teacher.encode_query(
+            texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False, device=device
+        )
+        return np.ascontiguousarray(embeddings, dtype=np.float32), None
+    outputs = teacher.encode_query(texts, batch_size=batch_size, output_value=None, show_progress_bar=False,
+                                   device=device)
+    embeddings = torch.stack([out["sentence_embedding"] for out in outputs]).float().cpu().numpy()
+    token_rows = [out["token_embeddings"][out["attention_mask"].bool()].cpu().to(torch.float16).numpy()
+                  for out in outputs]
+    return embeddings, token_rows
+
+
+def _fixed_size(rows: np.ndarray) -> pa.FixedSizeListArray:
+    """A ``(n, width)`` array as an Arrow array of ``n`` fixed-size lists."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(rows).reshape(-1)), rows.shape[1])
 
 
 def _publish(work: Path, final: Path, num_rows: int, world: int) -> None:

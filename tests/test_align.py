@@ -22,7 +22,7 @@ from test_recipe import held_out_slice, queries
 import kale_st
 from kale_st.evaluation import load_beir
 from kale_st.recipe import held_out_size, recipe_for
-from kale_st.targets import teacher_targets
+from kale_st.targets import load_targets, teacher_targets
 
 ALIGN = sys.modules["kale_st.align"]  # the module; kale_st.align is the function
 
@@ -60,12 +60,15 @@ def test_same_seed_same_student(tmp_path: Path) -> None:
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_token_loss_option_trains_with_the_online_teacher_and_says_so_in_the_card(tmp_path: Path) -> None:
+def test_token_loss_option_trains_on_stored_token_targets_and_says_so_in_the_card(tmp_path: Path) -> None:
     model = tiny_model(tmp_path / "m")
     before = state(model)
-    pair = kale_st.align(model, QUERIES, loss="kale-tokens", output_dir=tmp_path / "pair", **FAST)
+    pair = kale_st.align(model, QUERIES, loss="kale-tokens", output_dir=tmp_path / "pair", cache_dir=tmp_path / "c",
+                         **FAST)
     assert pair.metadata["loss"] == "KALELoss" and pair.metadata["loss_config"] == {"temperature": 0.2, "token_weight": 1.0}
-    assert_same_state(before, model)  # the online teacher is used, not changed
+    assert_same_state(before, model)  # the teacher is used, not changed
+    (folder,) = (tmp_path / "c").iterdir()  # the teacher's token embeddings were encoded once, with its targets
+    assert "token_label" in load_targets(folder).column_names
     card = (tmp_path / "pair" / "query" / "README.md").read_text()
     assert "plus a token-level term (cosine distance of the contextual token embeddings, weight 1.0)" in card
     plain = kale_st.align(model, QUERIES, **FAST)

@@ -13,6 +13,7 @@ from sentence_transformers import SentenceTransformerTrainer, SentenceTransforme
 
 import kale_st
 from kale_st.loss import kale_divergence, token_distance
+from kale_st.targets import TokenTargetsCollator, teacher_targets
 
 
 def test_divergence_matches_the_formula() -> None:
@@ -115,8 +116,31 @@ def test_token_term_adds_the_weighted_token_distance(tmp_path: Path) -> None:
     assert copy([features], None).abs() < 1e-6
 
 
+def test_stored_token_targets_give_the_online_teachers_loss(tmp_path: Path) -> None:
+    teacher = tiny_model(tmp_path / "t")
+    student = kale_st.prune_layers(teacher, 1)
+    texts = SENTENCES[:4]  # of different lengths: the batch pads
+    targets = teacher_targets(teacher, texts, token_embeddings=True).with_format("torch")
+    batch = TokenTargetsCollator(preprocess_fn=student.preprocess)([targets[i] for i in range(len(texts))])
+    mask = batch["query_attention_mask"]
+    assert mask.sum() < mask.numel() and batch["label"]["token_embeddings"].shape == (*mask.shape, 32)
+    features = {key.removeprefix("query_"): value for key, value in batch.items() if key.startswith("query_")}
+    stored = kale_st.KALELoss(student, token_weight=1.0)([features], batch["label"])
+    online = kale_st.KALELoss(student, teacher=teacher, token_weight=1.0)([features], None)
+    assert stored > 0.01 and torch.allclose(stored, online, atol=1e-3)
+
+
+def test_token_targets_from_another_tokenization_are_refused(tmp_path: Path) -> None:
+    teacher = tiny_model(tmp_path / "t")
+    targets = teacher_targets(teacher, SENTENCES[:2], token_embeddings=True)
+    rows = [dict(targets[i], query=targets[i]["query"] + " and more words") for i in range(2)]
+    with pytest.raises(ValueError, match="token counts differ"):
+        TokenTargetsCollator(preprocess_fn=teacher.preprocess)(rows)
+
+
 def test_token_term_errors_name_the_fix(bert_model) -> None:
-    with pytest.raises(ValueError, match="pass teacher=<the frozen teacher>, or token_weight=0"):
-        kale_st.KALELoss(bert_model, token_weight=1.0)
+    features = bert_model.preprocess(SENTENCES[:2])
+    with pytest.raises(ValueError, match="pass teacher=<the frozen teacher>, or labels from teacher_targets"):
+        kale_st.KALELoss(bert_model, token_weight=1.0)([features], torch.zeros(2, 32))
     with pytest.raises(ValueError, match="token_weight must be >= 0"):
         kale_st.KALELoss(bert_model, teacher=bert_model, token_weight=-1.0)

@@ -36,6 +36,22 @@ def test_targets_are_the_teachers_embeddings_in_order_from_a_stream(tmp_path: Pa
     assert isinstance(targets[0]["label"], list) and len(targets[0]["label"]) == 32  # what the Trainer's collator reads
 
 
+def test_token_targets_are_the_teachers_token_embeddings_over_real_tokens(tmp_path: Path) -> None:
+    teacher = tiny_model(tmp_path / "m")
+    plain = teacher_targets(teacher, TEXTS, cache_dir=tmp_path / "c")
+    targets = teacher_targets(teacher, iter(TEXTS), batch_size=4, chunk_size=5, cache_dir=tmp_path / "c",
+                              token_embeddings=True)
+    assert targets.column_names == ["query", "label", "token_label"]
+    assert targets.features["token_label"] == List(List(Value("float16"), length=32))
+    assert targets.cache_files[0]["filename"] != plain.cache_files[0]["filename"]  # its own cache entry
+    np.testing.assert_allclose(labels(targets), labels(plain), atol=1e-6)  # the same query embeddings beside them
+    for text, row in zip(TEXTS, targets.with_format("torch")):
+        features = teacher.preprocess([text])
+        expected = teacher(dict(features))["token_embeddings"][0]  # one text: no padding
+        assert row["token_label"].shape == expected.shape == (features["attention_mask"].sum(), 32)
+        torch.testing.assert_close(row["token_label"], expected, atol=2e-3, rtol=2e-3)  # float16 on disk
+
+
 def test_cache_is_reused_and_keyed_by_teacher_and_texts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     teacher, cache = tiny_model(tmp_path / "m"), tmp_path / "cache"
     first = teacher_targets(teacher, TEXTS, cache_dir=cache)
