@@ -42,7 +42,7 @@ from sentence_transformers.sentence_transformer.losses import MultipleNegativesR
 
 import kale_st
 from kale_st import AsymmetricPair
-from kale_st.benchmark import query_latency
+from kale_st.benchmark import portable_args, query_latency
 from kale_st.evaluation import DEFAULT_CACHE, BeirData, evaluate, load_beir
 
 HERE = Path(__file__).parent
@@ -118,7 +118,7 @@ def main() -> None:
     print("\n" + table)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    record = {"machine": machine, "args": vars(args), "wall_seconds": round(wall, 1), "rows": rows}
+    record = {"machine": machine, "args": portable_args(args), "wall_seconds": round(wall, 1), "rows": rows}
     output.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     output.with_suffix(".md").write_text(table + "\n")
     print(f"\nwrote {output.with_suffix('.json')} and {output.with_suffix('.md')}")

@@ -35,6 +35,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 import kale_st
+from kale_st.benchmark import portable_args
 from kale_st.evaluation import DEFAULT_CACHE, BeirData, document_embeddings, evaluate_retrieval, load_beir
 from kale_st.queries import pseudo_queries
 from kale_st.layer_search import search
@@ -85,7 +86,7 @@ def main() -> None:
     base = evaluate_retrieval(teacher, test, docs)
     print(f"teacher: nDCG@10 {base['ndcg@10']:.4f}", flush=True)
 
-    result: dict[str, Any] = {"machine": machine, "args": vars(args), "teacher": base}
+    result: dict[str, Any] = {"machine": machine, "args": portable_args(args), "teacher": base}
     sections = []
     if "layers" in args.parts:
         result["layer_choice"] = layer_choice(args, teacher, train_queries, test, docs)

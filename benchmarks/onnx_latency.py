@@ -30,7 +30,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 import kale_st
-from kale_st.benchmark import query_latency
+from kale_st.benchmark import portable_args, query_latency
 from kale_st.evaluation import DEFAULT_CACHE, BeirData, document_embeddings, evaluate_retrieval, load_beir
 from kale_st.onnx import detect_quantization, export_onnx, load_onnx
 from kale_st.pair import METADATA_FILE, AsymmetricPair
@@ -111,7 +111,7 @@ def main() -> None:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(
-        {"machine": machine, "args": vars(args), "exports": exports, "checks": checks, "rows": rows}, indent=2) + "\n")
+        {"machine": machine, "args": portable_args(args), "exports": exports, "checks": checks, "rows": rows}, indent=2) + "\n")
     output.with_suffix(".md").write_text(table + "\n")
     print(f"\nwrote {output.with_suffix('.json')} and {output.with_suffix('.md')}")
 

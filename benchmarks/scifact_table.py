@@ -28,7 +28,7 @@ from sentence_transformers import SentenceTransformer
 
 import kale_st
 from kale_st.align import LOSSES
-from kale_st.benchmark import query_latency
+from kale_st.benchmark import portable_args, query_latency
 from kale_st.evaluation import DEFAULT_CACHE, document_embeddings, evaluate_retrieval, load_beir
 from kale_st.loss import DEFAULT_TEMPERATURE
 
@@ -99,7 +99,7 @@ def main() -> None:
     print("\n" + table)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=2) + "\n")
+    output.with_suffix(".json").write_text(json.dumps({"machine": machine, "args": portable_args(args), "rows": rows}, indent=2) + "\n")
     output.with_suffix(".md").write_text(table + "\n")
     print(f"\nwrote {output.with_suffix('.json')} and {output.with_suffix('.md')}")
     if plot(rows, output.with_suffix(".png"), machine):

@@ -10,7 +10,9 @@ Example:
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -84,3 +86,29 @@ def _seconds(call: Callable[[], object]) -> float:
     start = time.perf_counter()
     call()
     return time.perf_counter() - start
+
+
+def portable_args(args: object) -> dict[str, object]:
+    """A benchmark's arguments (an ``argparse.Namespace``) to record in its results, with no path of this machine:
+    paths under the working directory made relative, installed packages' from ``site-packages/`` on, the home ``~``.
+
+    Example:
+        >>> portable_args(argparse.Namespace(model="/home/me/.cache/m"))  # doctest: +SKIP
+        {'model': '~/.cache/m'}
+    """
+    return {key: _portable(value) for key, value in vars(args).items()}
+
+
+def _portable(value: object) -> object:
+    if isinstance(value, (list, tuple)):
+        return [_portable(v) for v in value]
+    if not isinstance(value, (str, os.PathLike)) or not os.path.isabs(value):
+        return str(value) if isinstance(value, os.PathLike) else value
+    path = Path(value)
+    if "site-packages" in path.parts:
+        return Path(*path.parts[path.parts.index("site-packages") + 1:]).as_posix()
+    for root, prefix in ((Path.cwd(), None), (Path.home(), "~")):
+        if path.is_relative_to(root):
+            relative = path.relative_to(root).as_posix()
+            return relative if prefix is None else f"{prefix}/{relative}"
+    return path.name

@@ -45,3 +45,25 @@ def test_forward_timing_of_a_router_model_runs_its_query_route(tmp_path: Path) -
     with torch.inference_mode():
         model(_features(model, "the cat"))
     assert calls == {"query": 1, "document": 0}
+
+
+def test_portable_args_records_no_path_of_this_machine(tmp_path, monkeypatch):
+    import argparse
+
+    from kale_st.benchmark import portable_args
+
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    args = argparse.Namespace(
+        data=tmp_path / "repo" / "benchmarks" / "data" / "scifact",
+        model=str(tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "pkg" / "model"),
+        cache=str(tmp_path / "home" / ".cache" / "kale_st"),
+        elsewhere="/opt/models/teacher",
+        layers=[1, 2],
+        relative="results/out",
+    )
+    recorded = portable_args(args)
+    assert recorded == {"data": "benchmarks/data/scifact", "model": "pkg/model", "cache": "~/.cache/kale_st",
+                        "elsewhere": "teacher", "layers": [1, 2], "relative": "results/out"}
+    assert str(tmp_path) not in repr(recorded)
