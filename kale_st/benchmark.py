@@ -107,8 +107,8 @@ def _portable(value: object) -> object:
     path = Path(value)
     if "site-packages" in path.parts:
         return Path(*path.parts[path.parts.index("site-packages") + 1:]).as_posix()
-    for root, prefix in ((Path.cwd(), None), (Path.home(), "~")):
-        if path.is_relative_to(root):
-            relative = path.relative_to(root).as_posix()
-            return relative if prefix is None else f"{prefix}/{relative}"
+    if path.is_relative_to(Path.cwd()):
+        return path.relative_to(Path.cwd()).as_posix()
+    if path.is_relative_to(Path.home()):
+        return f"~/{path.relative_to(Path.home()).as_posix()}"
     return path.name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from conftest import SENTENCES, assert_same_state, state, tiny_model
 
 import kale_st
-from kale_st.benchmark import query_latency
+from kale_st.benchmark import portable_args, query_latency
 
 
 def test_query_latency_reports_every_model_against_the_first(tmp_path: Path) -> None:
@@ -47,11 +48,7 @@ def test_forward_timing_of_a_router_model_runs_its_query_route(tmp_path: Path) -
     assert calls == {"query": 1, "document": 0}
 
 
-def test_portable_args_records_no_path_of_this_machine(tmp_path, monkeypatch):
-    import argparse
-
-    from kale_st.benchmark import portable_args
-
+def test_portable_args_records_no_path_of_this_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "repo").mkdir()
     monkeypatch.chdir(tmp_path / "repo")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
