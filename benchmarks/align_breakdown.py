@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["auto"],
                         help="align's precision; several: one run each, in this order")
+    parser.add_argument("--batch-size", type=int, default=None, help="align's batch size; default: its recipe's")
     args = parser.parse_args()
 
     seconds: dict[str, float] = defaultdict(float)
@@ -63,7 +64,7 @@ def main() -> None:
         seconds.clear()
         start = time.perf_counter()
         pair = kale_st.align(teacher, splits.alignment, corpus=splits.test.corpus, layers=args.layers,
-                             precision=precision, disable_tqdm=True)
+                             precision=precision, batch_size=args.batch_size, disable_tqdm=True)
         total = time.perf_counter() - start
         meta = pair.metadata
         runs[meta["precision"]] = {name: round(value, 1) for name, value in seconds.items()} | {
@@ -74,6 +75,7 @@ def main() -> None:
             "kept_layers": meta["kept_layers"],
             "precision": meta["precision"],
             "queries": meta["num_queries"],
+            "batch_size": meta["batch_size"],
             "steps": meta["training_steps"],
             "stop_reason": meta["stop_reason"],
             "threads": torch.get_num_threads(),

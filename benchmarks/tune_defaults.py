@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--real-repeats", type=int, nargs="+", default=[1],
                         help="probe: pass the real alignment queries this many times (weighing them against the "
                         "pseudo-queries)")
+    parser.add_argument("--lr-scheduler", nargs="+", default=[None],
+                        help="the Trainer's lr_scheduler_type (for example linear, cosine); default: align's")
     parser.add_argument("--epochs", type=float, default=None, help="epochs instead of a step budget")
     parser.add_argument("--no-early-stopping", action="store_true")
     parser.add_argument("--label-free", action="store_true", help="agreement only: no index, no nDCG")
@@ -78,9 +80,9 @@ def main() -> None:
     teacher = load_teacher(args.teacher)
     documents = None if args.label_free else corpus_embeddings(teacher, splits)
     teacher_ndcg = None if args.label_free else score(teacher, splits.validation, documents)
-    for layers, pseudo, lr, steps, batch, strategy, kept, temperature, sampler, seed, repeats, loss in itertools.product(
-        args.layers, args.pseudo, args.lr, args.steps, args.batch_size, args.strategy, args.kept, args.temperature,
-        args.sampler, args.seed, args.real_repeats, args.loss,
+    for layers, pseudo, lr, steps, batch, strategy, kept, temperature, sampler, seed, repeats, loss, scheduler in (
+        itertools.product(args.layers, args.pseudo, args.lr, args.steps, args.batch_size, args.strategy, args.kept,
+                          args.temperature, args.sampler, args.seed, args.real_repeats, args.loss, args.lr_scheduler)
     ):
         if kept is not None:
             layers = [int(i) for i in kept.split(",")]
@@ -105,6 +107,7 @@ def main() -> None:
             disable_tqdm=True,
             **({} if temperature is None else {"temperature": temperature}),
             **({"batch_sampler": "batch_sampler"} if sampler == "random" else {}),
+            **({} if scheduler is None else {"lr_scheduler_type": scheduler}),
         )
         meta = pair.metadata
         row = {
@@ -118,6 +121,7 @@ def main() -> None:
             "temperature": meta["loss_config"].get("temperature"),
             **({"token_weight": meta["loss_config"]["token_weight"]} if "token_weight" in meta["loss_config"] else {}),
             "batch_size": meta["batch_size"],
+            **({"lr_scheduler": scheduler} if scheduler is not None else {}),
             "sampler": sampler or ("length" if meta["kept_layers"] else "random"),  # align's default
             "seed": seed,
             "precision": meta["precision"],
