@@ -145,7 +145,7 @@ def alignment(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def recipe_help(key: str) -> str:
-    """``default: 0.001 (0.003 for 1 layer)``: align's recipe (kale_st.recipe) for the kept layer count."""
+    """``default: 0.0015 (0.003 for 1 layer)``: align's recipe (kale_st.recipe) for the kept layer count."""
     default = getattr(DEFAULT_RECIPE, key)
     special = ", ".join(
         f"{getattr(recipe, key):g} for {count} layer{'s' * (count != 1)}"
