@@ -91,14 +91,14 @@ def test_bad_texts_are_a_clear_error_and_leave_nothing(tmp_path: Path, texts, me
 
 DISTRIBUTED_SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     from pathlib import Path
     import numpy as np, torch
     sys.path.insert(0, sys.argv[2])
     from conftest import tiny_model
     from kale_st.targets import teacher_targets
     out = Path(sys.argv[1])
-    teacher = tiny_model(out / f"m{sys.argv[3]}", seed=0)
+    teacher = tiny_model(out / f"m{sys.argv[3]}-rank{os.environ['RANK']}", seed=0)  # one folder each: no write race
     encoded = []
     encode = teacher.encode_query
     teacher.encode_query = lambda texts, **kw: (encoded.extend(texts), encode(texts, **kw))[1]
