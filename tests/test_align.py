@@ -151,14 +151,14 @@ def test_align_real_minilm_improves_agreement(minilm_path: str) -> None:
 
 DISTRIBUTED_SCRIPT = textwrap.dedent(
     """
-    import hashlib, json, sys
+    import hashlib, json, os, sys
     from pathlib import Path
     import torch
     sys.path.insert(0, sys.argv[2])
     from conftest import tiny_model
     import kale_st
     out = Path(sys.argv[1])
-    model = tiny_model(out / "src", seed=0)
+    model = tiny_model(out / f"src-rank{os.environ['RANK']}", seed=0)  # one folder each: no write race
     queries = [f"the cat {i} dog" for i in range(32)]
     pair = kale_st.align(model, queries, layers=2, epochs=1, batch_size=4, output_dir=out / "pair")
     digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in pair.query_model.state_dict().values())).hexdigest()
