@@ -64,6 +64,9 @@ def main() -> None:
     parser.add_argument("--real-repeats", type=int, nargs="+", default=[1],
                         help="probe: pass the real alignment queries this many times (weighing them against the "
                         "pseudo-queries)")
+    parser.add_argument("--real-query-share", type=float, nargs="+", default=[None],
+                        help="align's real_query_share (the least share of real queries among the training rows); "
+                        "default: align's recipe")
     parser.add_argument("--lr-scheduler", nargs="+", default=[None],
                         help="the Trainer's lr_scheduler_type (for example linear, cosine); default: align's")
     parser.add_argument("--epochs", type=float, default=None, help="epochs instead of a step budget")
@@ -80,9 +83,10 @@ def main() -> None:
     teacher = load_teacher(args.teacher)
     documents = None if args.label_free else corpus_embeddings(teacher, splits)
     teacher_ndcg = None if args.label_free else score(teacher, splits.validation, documents)
-    for layers, pseudo, lr, steps, batch, strategy, kept, temperature, sampler, seed, repeats, loss, scheduler in (
+    for layers, pseudo, lr, steps, batch, strategy, kept, temperature, sampler, seed, repeats, loss, scheduler, share in (
         itertools.product(args.layers, args.pseudo, args.lr, args.steps, args.batch_size, args.strategy, args.kept,
-                          args.temperature, args.sampler, args.seed, args.real_repeats, args.loss, args.lr_scheduler)
+                          args.temperature, args.sampler, args.seed, args.real_repeats, args.loss, args.lr_scheduler,
+                          args.real_query_share)
     ):
         if kept is not None:
             layers = [int(i) for i in kept.split(",")]
@@ -108,6 +112,7 @@ def main() -> None:
             **({} if temperature is None else {"temperature": temperature}),
             **({"batch_sampler": "batch_sampler"} if sampler == "random" else {}),
             **({} if scheduler is None else {"lr_scheduler_type": scheduler}),
+            **({} if share is None else {"real_query_share": share}),
         )
         meta = pair.metadata
         row = {
@@ -132,6 +137,7 @@ def main() -> None:
             "validation_ndcg@10": None if args.label_free else score(pair.query_model, splits.validation, documents),
             "teacher_validation_ndcg@10": teacher_ndcg,
             "validation_cosine": agreement(pair.query_model, teacher, splits.validation),
+            "real_query_share": meta["real_query_share"],
             "real_query_copies": meta["real_query_copies"],
             "seconds": round(time.perf_counter() - start, 1),
             "threads": torch.get_num_threads(),

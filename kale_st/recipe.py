@@ -6,8 +6,9 @@ for at most ``max_steps`` steps, and stops earlier when its agreement with the t
 alignment queries (carved automatically, no labels) stops improving.
 
 Example:
-    >>> recipe_for(2)
-    Recipe(max_steps=300, learning_rate=0.0015, batch_size=128, dropout=False, real_query_share=0.2)
+    >>> recipe = recipe_for(2)
+    >>> recipe.max_steps, recipe.learning_rate, recipe.batch_size, recipe.dropout, recipe.real_query_share
+    (300, 0.0015, 128, False, 0.2)
     >>> recipe_for(2, teacher_layers=12).max_steps  # a 12-layer teacher: twice the budget of a 6-layer one
     600
     >>> held_out_size(10_000), held_out_size(500)
@@ -37,17 +38,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Recipe:
-    """Step budget, peak learning rate, batch size, dropout (on or off while training) and the least share of the
-    training rows that real queries make up beside pseudo-queries (:func:`real_query_copies`) of an alignment run."""
+    """Step budget, peak learning rate, batch size, dropout (on or off while training), the least share of the
+    training rows that real queries make up beside pseudo-queries (:func:`real_query_copies`) of an alignment run, and
+    the least steps per teacher layer (a student pruned from a deeper teacher has more to learn; 0: ``max_steps``
+    whatever the teacher)."""
 
     max_steps: int
     learning_rate: float
     batch_size: int
     dropout: bool = False
     real_query_share: float = 0.2
+    steps_per_teacher_layer: int = 50
 
 
-#: Recipe by number of kept layers, chosen on the SciFact validation split (README "Defaults that transfer"). For
+#: Recipe by number of kept layers, chosen on the SciFact validation split (benchmarks/DEFAULTS.md). For
 #: ``layers=0``, a static token table, a high learning rate and a wide batch (init and learning rate chosen on
 #: validation by ``benchmarks/static_student.py``, README "Zero layers"). Other counts take ``DEFAULT_RECIPE``.
 #: Dropout is off while aligning (won for 2 and 3 layers on both teachers) except for 1 layer, whose 12 -> 1 student
@@ -57,15 +61,14 @@ class Recipe:
 #: Batches of 128 rather than 64 (the same steps, twice the queries seen) won for 2 and 3 layers on both teachers; the
 #: 1-layer recipe keeps 64, where it was not measured. At batch 128, learning rate 1.5e-3 rather than 1e-3 won for
 #: MiniLM 6 -> 2 and MPNet 12 -> 2 and 12 -> 3 and tied MiniLM 6 -> 3 (2e-3 tied 1.5e-3: the smaller step is kept).
+#: The budget of a transformer student: at least 50 steps per teacher layer, 300 for a 6-layer teacher, 600 for a
+#: 12-layer one (all-mpnet-base-v2's 12 -> 2 student gained at every budget from 300 to 600 steps); 75 a layer for 3
+#: kept layers gained too little agreement for 1.5x the training. A static student keeps its own budget.
 RECIPES: dict[int, Recipe] = {
-    0: Recipe(max_steps=400, learning_rate=2e-2, batch_size=256, real_query_share=0.0),
+    0: Recipe(max_steps=400, learning_rate=2e-2, batch_size=256, real_query_share=0.0, steps_per_teacher_layer=0),
     1: Recipe(max_steps=300, learning_rate=3e-3, batch_size=64, dropout=True, real_query_share=0.0),
 }
 DEFAULT_RECIPE = Recipe(max_steps=300, learning_rate=1.5e-3, batch_size=128)
-#: A student pruned from a deeper teacher has more to learn: a transformer student trains at least this many steps per
-#: teacher layer (300 for a 6-layer teacher, 600 for a 12-layer one; chosen on validation with all-mpnet-base-v2, whose
-#: 12 -> 2 student gained at every budget from 300 to 600 steps, README "Defaults that transfer").
-STEPS_PER_TEACHER_LAYER = 50
 
 #: Early stopping: agreement is measured this many times over the budget; training stops after ``PATIENCE``
 #: measurements without a new best, counted from ``PATIENCE_FROM`` of the budget on, and the best student is kept.
@@ -84,15 +87,10 @@ WEIGHTS_FILE = "early_stopping.safetensors"
 
 
 def recipe_for(num_layers: int, teacher_layers: int = 0) -> Recipe:
-    """The default recipe for a student that keeps ``num_layers`` of the teacher's ``teacher_layers`` layers.
-
-    The budget is at least :data:`STEPS_PER_TEACHER_LAYER` steps per teacher layer for a transformer student; a static
-    student (``num_layers=0``) keeps its own.
-    """
+    """The default recipe for a student that keeps ``num_layers`` of the teacher's ``teacher_layers`` layers: a
+    budget of at least ``steps_per_teacher_layer`` steps per teacher layer (a static student keeps its own)."""
     recipe = RECIPES.get(num_layers, DEFAULT_RECIPE)
-    if num_layers == 0:
-        return recipe
-    return replace(recipe, max_steps=max(recipe.max_steps, STEPS_PER_TEACHER_LAYER * teacher_layers))
+    return replace(recipe, max_steps=max(recipe.max_steps, recipe.steps_per_teacher_layer * teacher_layers))
 
 
 def real_query_copies(real: int, pseudo: int, share: float) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -65,11 +66,11 @@ def test_step_budget_is_independent_of_the_number_of_queries(tmp_path: Path) -> 
 
 def test_deeper_teachers_get_a_longer_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert recipe_for(2, teacher_layers=6) == recipe_for(2) == DEFAULT_RECIPE
-    assert recipe_for(2, teacher_layers=12).max_steps == 2 * DEFAULT_RECIPE.max_steps
+    assert recipe_for(2, teacher_layers=12).max_steps == recipe_for(3, teacher_layers=12).max_steps == 600
     assert recipe_for(1, teacher_layers=12).learning_rate == RECIPES[1].learning_rate  # only the budget grows
     assert recipe_for(0, teacher_layers=12) == RECIPES[0]  # a static student keeps its own budget
     # align reads the teacher's depth: with 100 steps per teacher layer, the 4-layer tiny teacher's student trains 400.
-    monkeypatch.setattr(kale_st.recipe, "STEPS_PER_TEACHER_LAYER", 100)
+    monkeypatch.setitem(kale_st.recipe.RECIPES, 2, replace(DEFAULT_RECIPE, steps_per_teacher_layer=100))
     meta = kale_st.align(tiny_model(tmp_path / "m"), queries(64), layers=2, batch_size=8, early_stopping=False).metadata
     assert meta["max_steps"] == meta["training_steps"] == 400
 

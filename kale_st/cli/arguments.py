@@ -18,7 +18,7 @@ from kale_st.cli.loading import BUNDLED_DATA, DEFAULT_MODEL_ID
 from kale_st.evaluation import DEFAULT_CACHE
 from kale_st.loss import DEFAULT_TEMPERATURE
 from kale_st.precision import PRECISIONS
-from kale_st.recipe import DEFAULT_RECIPE, RECIPES, STEPS_PER_TEACHER_LAYER
+from kale_st.recipe import DEFAULT_RECIPE, RECIPES
 from kale_st.strategies import STRATEGIES
 
 PROG = "kale-st"
@@ -145,15 +145,24 @@ def alignment(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def recipe_help(key: str) -> str:
-    """``default: 0.0015 (0.003 for 1 layer)``: align's recipe (kale_st.recipe) for the kept layer count."""
+    """``default: 0.0015 (0.02 for 0 layers, 0.003 for 1 layer)``: align's recipe (kale_st.recipe) by kept layers."""
+    text = f"default: {getattr(DEFAULT_RECIPE, key):g}" + _exceptions(key, RECIPES)
+    if key == "max_steps":  # the static student (0 layers) keeps its own budget, whatever the teacher
+        transformers = {count: recipe for count, recipe in RECIPES.items() if count}
+        text += f", at least {DEFAULT_RECIPE.steps_per_teacher_layer:g} per teacher layer"
+        text += _exceptions("steps_per_teacher_layer", transformers)
+    return text
+
+
+def _exceptions(key: str, recipes: dict) -> str:
+    """`` (50 for 1 layer, 50 for 2 layers)``: the kept layer counts whose recipe differs from the default on ``key``."""
     default = getattr(DEFAULT_RECIPE, key)
     special = ", ".join(
         f"{getattr(recipe, key):g} for {count} layer{'s' * (count != 1)}"
-        for count, recipe in RECIPES.items()
+        for count, recipe in recipes.items()
         if getattr(recipe, key) != default
     )
-    deeper = f", at least {STEPS_PER_TEACHER_LAYER} per teacher layer" if key == "max_steps" else ""
-    return f"default: {default:g}{deeper}" + (f" ({special})" if special else "")
+    return f" ({special})" if special else ""
 
 
 def add_onnx(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,101 @@
+"""How far a student's "% of the teacher" on SciFact's 300 test queries moves with the queries drawn: a paired bootstrap.
+
+The transfer table scores each student once on 300 test queries, and its targets are read to a tenth of a point. This
+script puts an interval on those figures: the per-query nDCG@10 of the teacher and of each cached new-defaults
+student of ``transfer_table.py`` (same index, the untouched teacher's), then the queries resampled with replacement
+(the same draw for teacher and student), and the 2.5th and 97.5th percentiles of ``100 * mean(student) /
+mean(teacher)``. Per-query nDCG@10 is sentence-transformers' (binary relevance, ``InformationRetrievalEvaluator``);
+their mean is checked against the evaluator's score.
+
+Writes ``benchmarks/results/score_intervals.{json,md}``; reads only what ``transfer_table.py`` cached (students, index).
+
+    python benchmarks/score_intervals.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+from fetch_mpnet import cache_root
+from protocol import TEACHERS, corpus_embeddings, load_teacher, score, scifact_splits
+from sentence_transformers import SentenceTransformer
+
+from kale_st.evaluation import BeirData
+
+RESULTS = Path(__file__).parent / "results" / "score_intervals"
+K = 10
+
+
+def per_query_ndcg(model: SentenceTransformer, data: BeirData, documents: torch.Tensor) -> torch.Tensor:
+    """nDCG@10 of each of ``data``'s queries (in ``data.queries`` order) searching ``documents`` by cosine."""
+    ids = list(data.queries)
+    queries = model.encode([data.queries[i] for i in ids], convert_to_tensor=True, batch_size=64)
+    top = model.similarity(queries, documents).topk(K, dim=1).indices
+    corpus_ids = list(data.corpus)
+    discount = 1 / torch.log2(torch.arange(2, K + 2, dtype=torch.float64))
+    scores = []
+    for row, query_id in zip(top.tolist(), ids):
+        relevant = data.relevant[query_id]
+        gains = torch.tensor([corpus_ids[j] in relevant for j in row], dtype=torch.float64)
+        ideal = discount[: min(len(relevant), K)].sum()
+        scores.append(float((gains * discount).sum() / ideal))
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+def interval(student: torch.Tensor, teacher: torch.Tensor, draws: int, seed: int) -> tuple[float, float]:
+    """The 95 % paired-bootstrap interval of 100 * mean(student) / mean(teacher)."""
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(teacher), (draws, len(teacher)), generator=generator)
+    ratios = 100 * student[picks].mean(1) / teacher[picks].mean(1)
+    low, high = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return round(low, 1), round(high, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teachers", nargs="+", choices=sorted(TEACHERS), default=["minilm", "mpnet"])
+    parser.add_argument("--draws", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    splits = scifact_splits()
+    rows = []
+    for name in args.teachers:
+        teacher = load_teacher(name)
+        documents = corpus_embeddings(teacher, splits)
+        reference = per_query_ndcg(teacher, splits.test, documents)
+        students = sorted((cache_root() / "transfer_students").glob(f"{name}-*-new"))
+        for folder in [None, *students]:
+            model = teacher if folder is None else SentenceTransformer(str(folder), device="cpu")
+            ndcg = reference if folder is None else per_query_ndcg(model, splits.test, documents)
+            evaluator = score(model, splits.test, documents)
+            if not math.isclose(round(float(ndcg.mean()), 4), evaluator, abs_tol=1e-4):
+                raise RuntimeError(f"per-query nDCG@10 averages {ndcg.mean():.4f}, the evaluator says {evaluator}")
+            made = {} if folder is None else json.loads((folder / "made.json").read_text())
+            low, high = interval(ndcg, reference, args.draws, args.seed)
+            rows.append({
+                "teacher": name,
+                "student": "teacher" if folder is None else folder.name,
+                "kept_layers": made.get("kept_layers"),
+                "recipe": made.get("recipe", "-"),
+                "test": round(float(ndcg.mean()), 4),
+                "percent_of_teacher": round(100 * float(ndcg.mean() / reference.mean()), 1),
+                "interval_95": [low, high],
+                "queries": len(ndcg),
+            })
+            print(json.dumps(rows[-1]), flush=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.with_suffix(".json").write_text(json.dumps({"draws": args.draws, "seed": args.seed, "rows": rows}, indent=1))
+    lines = ["| teacher | student | kept layers | recipe | test nDCG@10 | % of teacher | 95 % interval (paired bootstrap) |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['teacher']} | {r['student']} | {r['kept_layers'] or '-'} | {r['recipe']} | {r['test']} | "
+              f"{r['percent_of_teacher']} % | {r['interval_95'][0]} % to {r['interval_95'][1]} % |" for r in rows]
+    RESULTS.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
