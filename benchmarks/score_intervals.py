@@ -1,13 +1,14 @@
 """How far a student's "% of the teacher" on SciFact's 300 test queries moves with the queries drawn: a paired bootstrap.
 
 The transfer table scores each student once on 300 test queries, and its targets are read to a tenth of a point. This
-script puts an interval on those figures: the per-query nDCG@10 of the teacher and of each cached new-defaults
-student of ``transfer_table.py`` (same index, the untouched teacher's), then the queries resampled with replacement
-(the same draw for teacher and student), and the 2.5th and 97.5th percentiles of ``100 * mean(student) /
-mean(teacher)``. Per-query nDCG@10 is sentence-transformers' (binary relevance, ``InformationRetrievalEvaluator``);
-their mean is checked against the evaluator's score.
+script puts an interval on those figures: the per-query nDCG@10 of the teacher and of each new-defaults student
+cached by ``transfer_table.py`` (same index, the untouched teacher's), then the queries resampled with replacement (the
+same draw for teacher and student), and the 2.5th and 97.5th percentiles of ``100 * mean(student) / mean(teacher)``.
+Per-query nDCG@10 is sentence-transformers' (binary relevance, ``InformationRetrievalEvaluator``): its mean must equal
+the test score the transfer table recorded for the same model, or the script stops.
 
-Writes ``benchmarks/results/score_intervals.{json,md}``; reads only what ``transfer_table.py`` cached (students, index).
+Writes ``benchmarks/results/score_intervals.{json,md}``; reads only what ``transfer_table.py`` wrote and cached (its
+JSON, the students, the index).
 
     python benchmarks/score_intervals.py
 """
@@ -20,9 +21,10 @@ import math
 from pathlib import Path
 
 import torch
-from fetch_mpnet import cache_root
-from protocol import TEACHERS, corpus_embeddings, load_teacher, score, scifact_splits
+from protocol import TEACHERS, corpus_embeddings, load_teacher, scifact_splits
 from sentence_transformers import SentenceTransformer
+from transfer_table import RESULTS as TABLE
+from transfer_table import student_folder
 
 from kale_st.evaluation import BeirData
 
@@ -61,26 +63,31 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    table = json.loads(TABLE.with_suffix(".json").read_text())["rows"]
     splits = scifact_splits()
     rows = []
     for name in args.teachers:
         teacher = load_teacher(name)
         documents = corpus_embeddings(teacher, splits)
         reference = per_query_ndcg(teacher, splits.test, documents)
-        students = sorted((cache_root() / "transfer_students").glob(f"{name}-*-new"))
-        for folder in [None, *students]:
-            model = teacher if folder is None else SentenceTransformer(str(folder), device="cpu")
-            ndcg = reference if folder is None else per_query_ndcg(model, splits.test, documents)
-            evaluator = score(model, splits.test, documents)
-            if not math.isclose(round(float(ndcg.mean()), 4), evaluator, abs_tol=1e-4):
-                raise RuntimeError(f"per-query nDCG@10 averages {ndcg.mean():.4f}, the evaluator says {evaluator}")
-            made = {} if folder is None else json.loads((folder / "made.json").read_text())
+        for recorded in [r for r in table if r["teacher"] == name and r["row"] in ("teacher", "new defaults")]:
+            if recorded["row"] == "teacher":
+                ndcg, label = reference, "teacher"
+            else:
+                folder = student_folder(recorded["row"], name, recorded["layers"])
+                if not folder.is_dir():
+                    print(f"skipped {folder.name}: not in the user cache (transfer_table.py made it on another machine)")
+                    continue
+                ndcg, label = per_query_ndcg(SentenceTransformer(str(folder), device="cpu"), splits.test, documents), folder.name
+            if not math.isclose(float(ndcg.mean()), recorded["test"], abs_tol=1e-4):
+                raise RuntimeError(f"{label}: per-query nDCG@10 averages {ndcg.mean():.4f}, the transfer table recorded "
+                                   f"{recorded['test']}: rerun transfer_table.py for this row first")
             low, high = interval(ndcg, reference, args.draws, args.seed)
             rows.append({
                 "teacher": name,
-                "student": "teacher" if folder is None else folder.name,
-                "kept_layers": made.get("kept_layers"),
-                "recipe": made.get("recipe", "-"),
+                "student": label,
+                "kept_layers": recorded.get("kept_layers"),
+                "recipe": recorded.get("recipe", "-"),
                 "test": round(float(ndcg.mean()), 4),
                 "percent_of_teacher": round(100 * float(ndcg.mean() / reference.mean()), 1),
                 "interval_95": [low, high],

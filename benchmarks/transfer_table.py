@@ -46,11 +46,16 @@ ROWS = ("pruned only", "old defaults", "new defaults", "kale-tokens option")
 OLD_RECIPES = {1: dict(epochs=40, learning_rate=3e-3, batch_size=32), None: dict(epochs=20, learning_rate=1e-3, batch_size=64)}
 
 
+def student_folder(row: str, name: str, layers: int) -> Path:
+    """Where the query model of one row is kept in the user cache (with ``made.json``, what its making recorded)."""
+    return cache_root() / "transfer_students" / f"{name}-{layers}-{row.split()[0]}"
+
+
 def student(
     row: str, name: str, teacher: SentenceTransformer, layers: int, splits: Splits, reuse: bool
 ) -> tuple[object, dict]:
     """The query model of one row and what its making recorded, kept in the user cache for reuse."""
-    folder = cache_root() / "transfer_students" / f"{name}-{layers}-{row.split()[0]}"
+    folder = student_folder(row, name, layers)
     if reuse and (folder / "made.json").is_file():
         return SentenceTransformer(str(folder), device="cpu"), json.loads((folder / "made.json").read_text())
     model, made = make_student(row, teacher, layers, splits)

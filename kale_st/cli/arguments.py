@@ -18,7 +18,7 @@ from kale_st.cli.loading import BUNDLED_DATA, DEFAULT_MODEL_ID
 from kale_st.evaluation import DEFAULT_CACHE
 from kale_st.loss import DEFAULT_TEMPERATURE
 from kale_st.precision import PRECISIONS
-from kale_st.recipe import DEFAULT_RECIPE, RECIPES
+from kale_st.recipe import DEFAULT_RECIPE, RECIPES, Recipe
 from kale_st.strategies import STRATEGIES
 
 PROG = "kale-st"
@@ -154,8 +154,8 @@ def recipe_help(key: str) -> str:
     return text
 
 
-def _exceptions(key: str, recipes: dict) -> str:
-    """`` (50 for 1 layer, 50 for 2 layers)``: the kept layer counts whose recipe differs from the default on ``key``."""
+def _exceptions(key: str, recipes: dict[int, Recipe]) -> str:
+    """`` (0.02 for 0 layers, 0.003 for 1 layer)``: the kept layer counts whose recipe differs from the default."""
     default = getattr(DEFAULT_RECIPE, key)
     special = ", ".join(
         f"{getattr(recipe, key):g} for {count} layer{'s' * (count != 1)}"
