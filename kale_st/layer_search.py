@@ -109,7 +109,8 @@ def search(
     required = pruning.required_layers(context.model, context.route)
     if num_keep < len(required):
         raise ValueError(f"This model must keep layer(s) {required}: keep at least {len(required)} layers.")
-    if keep_last and num_layers - 1 not in required and num_keep > len(required):
+    keep_last = keep_last and (num_layers - 1 in required or num_keep > len(required))  # False: no room for it
+    if keep_last and num_layers - 1 not in required:
         required = [*required, num_layers - 1]
     free = [i for i in range(num_layers) if i not in required]
     output = "token_embeddings" if score == "probe" else "sentence_embedding"

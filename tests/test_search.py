@@ -146,6 +146,7 @@ def test_search_keeps_modernbert_layer_zero(tmp_path: Path) -> None:
     two = kale_st.pruning_info(kale_st.prune_layers(model, 2, strategy="search", queries=QUERIES))
     three = kale_st.pruning_info(kale_st.prune_layers(model, 3, strategy="search", queries=QUERIES))
     assert one["kept_layers"] == [0] and one["search"]["candidates_scored"] == 1  # layer 0 leaves no room for the last
+    assert not one["search"]["keep_last"] and two["search"]["keep_last"]  # the lineage says when it was kept
     assert two["kept_layers"] == [0, 3] and two["search"]["candidates_scored"] == 1
     assert three["kept_layers"] in ([0, 1, 3], [0, 2, 3]) and three["search"]["candidates_scored"] == 2
 
