@@ -8,11 +8,11 @@ is the mean cosine, on the held-out fold, between the teacher's mean-pooled toke
 teacher's (no fit). The search is exhaustive when there are at most ``exhaustive_limit`` candidate sets, otherwise a
 beam search that adds one layer at a time (``beam_width=1`` is greedy).
 
-The last layer is always kept when there is room (``keep_last``): every set that aligned best on validation, for
-both development teachers (all-MiniLM-L6-v2 and all-mpnet-base-v2) and 1, 2 or 3 kept layers, held it, and for one
-kept layer the probe could not tell it from the bottom one (all-mpnet-base-v2: [0] 0.585, [11] 0.582 on 256 SciFact
-queries), while after alignment [11] agreed with the teacher far better (validation cosine 0.745 against 0.727; on
-all-MiniLM-L6-v2 [5] against [0]: 0.887 against 0.667). The score chooses the other layers.
+The last layer is always kept when there is room (``keep_last``), and the score chooses the others. For one kept
+layer the probe could not tell the last layer from the first (all-mpnet-base-v2: [0] 0.585, [11] 0.582 on 256
+SciFact queries), while after alignment the last agreed with the teacher far better on validation (cosine 0.745
+against 0.727; all-MiniLM-L6-v2's [5] against [0]: 0.887 against 0.667); for 2 and 3 kept layers every set the probe
+picked for either teacher already held it.
 
 Candidates share the model's weights (only the module structure is copied) and each encodes the sample once: the
 cost is one full forward pass (the teacher) plus one pruned pass per candidate set (2 of 12 layers: 11 sets; 3 of
