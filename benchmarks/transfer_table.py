@@ -18,7 +18,8 @@ Then the cost check: the new defaults on 800 and on 8,000 alignment queries (rea
 
 Writes ``benchmarks/results/transfer_table.{json,md,png}``. Rows already in the JSON are kept and not rerun (pass
 ``--rerun``), and students are kept in the user cache, so an interrupted run resumes; ``--align-only`` makes the
-students before the index exists.
+students before the index exists (then ``--rescore`` scores them where the JSON has rows of an earlier student:
+``--align-only --rerun``, then ``--rescore``).
 
     python benchmarks/transfer_table.py
     python benchmarks/transfer_table.py --teachers minilm --layers 2 --rows new
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import torch
 from fetch_mpnet import cache_root
-from protocol import TEACHERS, Splits, corpus_embeddings, load_teacher, score, scifact_splits
+from protocol import TEACHERS, Splits, corpus_embeddings, load_teacher, scifact_splits, score
 from sentence_transformers import SentenceTransformer
 
 import kale_st
@@ -43,7 +44,10 @@ import kale_st
 RESULTS = Path(__file__).parent / "results" / "transfer_table"
 ROWS = ("pruned only", "old defaults", "new defaults", "kale-tokens option")
 #: The epoch-based recipe of kale_st before the step budget (by kept layers; other counts: the ``None`` entry).
-OLD_RECIPES = {1: dict(epochs=40, learning_rate=3e-3, batch_size=32), None: dict(epochs=20, learning_rate=1e-3, batch_size=64)}
+OLD_RECIPES = {
+    1: {"epochs": 40, "learning_rate": 3e-3, "batch_size": 32},
+    None: {"epochs": 20, "learning_rate": 1e-3, "batch_size": 64},
+}
 
 
 def student_folder(row: str, name: str, layers: int) -> Path:
@@ -107,6 +111,8 @@ def main() -> None:
                         default=["pruned", "old", "new", "kale-tokens"])
     parser.add_argument("--no-cost", action="store_true", help="skip the 800 vs 8,000 queries cost check")
     parser.add_argument("--rerun", action="store_true", help="rerun rows already in the JSON")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score rows already in the JSON again with their cached students (aligned if none)")
     parser.add_argument("--align-only", action="store_true",
                         help="make and cache the students, score nothing (no index needed yet)")
     args = parser.parse_args()
@@ -126,7 +132,8 @@ def main() -> None:
         for layers in args.layers:
             for row in wanted:
                 key = {"teacher": name, "layers": layers, "row": row}
-                if not args.rerun and not args.align_only and any(all(r.get(k) == v for k, v in key.items()) for r in rows):
+                done = any(all(r.get(k) == v for k, v in key.items()) for r in rows)
+                if done and not (args.rerun or args.rescore or args.align_only):
                     continue
                 model, made = student(row, name, teacher, layers, splits, reuse=not args.rerun)
                 if args.align_only:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from kale_st.align import DEFAULT_PSEUDO_QUERIES, align
 from kale_st.cli.loading import BUNDLED_DATA, DEFAULT_MODEL_ID
