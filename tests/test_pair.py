@@ -145,11 +145,7 @@ def test_query_card_says_how_queries_and_layers_were_chosen(tmp_path: Path) -> N
     pair.save(tmp_path / "pair")
     card = (tmp_path / "pair" / "query" / "README.md").read_text()
     assert "1,234 pseudo-queries cut from 5,183 corpus documents (no real queries)" in card
-    assert "exhaustive over 15 layer sets, `probe` score on 128 queries" in card  # recorded before keep_last
-    kept = make_pair(tiny_model(tmp_path / "m3"), layer_search={**search, "candidates_scored": 5, "keep_last": True})
-    kept.save(tmp_path / "kept")
-    kept_card = (tmp_path / "kept" / "query" / "README.md").read_text()
-    assert "exhaustive over 5 layer sets holding the last layer, `probe` score on 128 queries" in kept_card
+    assert "exhaustive over 15 layer sets, `probe` score on 128 queries" in card
     plain = make_pair(tiny_model(tmp_path / "m2"), query_source="queries")
     plain.save(tmp_path / "plain")
     card = (tmp_path / "plain" / "query" / "README.md").read_text()

@@ -35,22 +35,22 @@ def identity_like(model: SentenceTransformer, layers: tuple[int, ...]) -> Senten
 
 @pytest.fixture
 def known_best(tmp_path: Path) -> SentenceTransformer:
-    """A 4-layer model whose layers 0 and 2 do nothing: layers [1, 3] reproduce it, unlike spread's [0, 3]."""
-    return identity_like(tiny_model(tmp_path / "m"), (0, 2))
+    """A 4-layer model whose layers 0 and 3 do nothing: layers [1, 2] reproduce it, unlike spread's [0, 3]."""
+    return identity_like(tiny_model(tmp_path / "m"), (0, 3))
 
 
 def test_search_finds_the_layers_that_reproduce_the_model(known_best: SentenceTransformer) -> None:
     assert kale_st.prune_layers(known_best, 2).encode(SENTENCES).tolist() != known_best.encode(SENTENCES).tolist()
     pruned = kale_st.prune_layers(known_best, 2, strategy="search", queries=QUERIES)
     info = kale_st.pruning_info(pruned)
-    assert info["kept_layers"] == [1, 3] and info["strategy"] == "search"
+    assert info["kept_layers"] == [1, 2] and info["strategy"] == "search"
     torch.testing.assert_close(pruned.encode(SENTENCES, convert_to_tensor=True),
                                known_best.encode(SENTENCES, convert_to_tensor=True), atol=1e-3, rtol=0)
     best = info["search"]["best"]
-    assert best[0] == {"layers": [1, 3], "score": pytest.approx(1, abs=0.01)}
+    assert best[0] == {"layers": [1, 2], "score": pytest.approx(1, abs=0.01)}
     assert best[1]["score"] < best[0]["score"] - 0.02  # clearly ahead of the runner-up
     three = kale_st.pruning_info(kale_st.prune_layers(known_best, 3, strategy="search", queries=QUERIES))
-    assert {1, 3} < set(three["kept_layers"])
+    assert {1, 2} < set(three["kept_layers"])
 
 
 @pytest.mark.parametrize("score", ["probe", "cosine"])
@@ -59,7 +59,7 @@ def test_both_scores_find_it_and_a_variant_is_one_line(
 ) -> None:
     monkeypatch.setitem(STRATEGIES, "search-variant", partial(search, score=score, sample_size=24))
     info = kale_st.pruning_info(kale_st.prune_layers(known_best, 2, strategy="search-variant", queries=QUERIES))
-    assert info["kept_layers"] == [1, 3]
+    assert info["kept_layers"] == [1, 2]
     assert (info["strategy"], info["search"]["score"], info["search"]["num_queries"]) == ("search-variant", score, 24)
 
 
@@ -73,34 +73,20 @@ def test_search_is_valid_deterministic_and_records_what_it_measured(tmp_path: Pa
             again = kale_st.pruning_info(kale_st.prune_layers(model, keep, strategy="search", queries=QUERIES))
             assert again == first | {"search": {**first["search"], "seconds": again["search"]["seconds"]}}
         report = first["search"]
-        assert layers[-1] == 3 and report["keep_last"]  # the last layer is kept; the score chooses the others
-        assert report["method"] == "exhaustive" and report["candidates_scored"] == math.comb(3, keep - 1)
+        assert report["method"] == "exhaustive" and report["candidates_scored"] == math.comb(4, keep)
         assert report["num_queries"] == len(QUERIES) and report["best"][0]["layers"] == layers
         scores = [b["score"] for b in report["best"]]
-        assert scores == sorted(scores, reverse=True) and len(scores) == min(5, math.comb(3, keep - 1))
+        assert scores == sorted(scores, reverse=True) and len(scores) == min(5, math.comb(4, keep))
 
 
 def test_beam_search_beyond_the_exhaustive_limit(known_best: SentenceTransformer, monkeypatch) -> None:
-    monkeypatch.setitem(STRATEGIES, "beam", partial(search, exhaustive_limit=0, beam_width=4, keep_last=False))
-    monkeypatch.setitem(STRATEGIES, "greedy", partial(search, exhaustive_limit=0, beam_width=1, keep_last=False))
+    monkeypatch.setitem(STRATEGIES, "beam", partial(search, exhaustive_limit=0, beam_width=4))
+    monkeypatch.setitem(STRATEGIES, "greedy", partial(search, exhaustive_limit=0, beam_width=1))
     beam = kale_st.pruning_info(kale_st.prune_layers(known_best, 2, strategy="beam", queries=QUERIES))["search"]
     assert beam["method"] == "beam (width 4)" and beam["candidates_scored"] == 4 + 6  # 4 single layers, then all pairs
-    assert beam["best"][0]["layers"] == [1, 3] and not beam["keep_last"]
+    assert beam["best"][0]["layers"] == [1, 2]
     greedy = kale_st.pruning_info(kale_st.prune_layers(known_best, 2, strategy="greedy", queries=QUERIES))["search"]
     assert greedy["method"] == "beam (width 1)" and greedy["candidates_scored"] == 4 + 3  # the best single layer + 1
-    assert greedy["best"][0]["layers"] == [1, 3]
-    context = LayerContext(known_best, QUERIES)
-    kept_last = search(3, 4, context, exhaustive_limit=0, beam_width=1)
-    assert kept_last[-1] == 3 and {1, 3} <= set(kept_last)
-    assert context.reports[(3, 4)]["candidates_scored"] == 3 + 2  # the last layer, then one layer at a time
-
-
-def test_keep_last_off_lets_the_score_choose_every_layer(tmp_path: Path) -> None:
-    """Layers 1 and 3 do nothing here, so [0, 2] reproduces the model: found only when the last layer is not forced."""
-    model = identity_like(tiny_model(tmp_path / "m"), (1, 3))
-    free = search(2, 4, LayerContext(model, QUERIES), keep_last=False)
-    forced = kale_st.pruning_info(kale_st.prune_layers(model, 2, strategy="search", queries=QUERIES))["kept_layers"]
-    assert free == [0, 2] and forced[-1] == 3
 
 
 def test_search_needs_queries(bert_model: SentenceTransformer) -> None:
@@ -135,8 +121,8 @@ def test_lineage_survives_save_load_and_composes(known_best: SentenceTransformer
     loaded = SentenceTransformer(str(tmp_path / "three"), device="cpu")
     assert kale_st.pruning_info(loaded) == json.loads(json.dumps(kale_st.pruning_info(three)))
     two = kale_st.pruning_info(kale_st.prune_layers(loaded, 2, strategy="search", queries=QUERIES))
-    assert two["kept_layers"] == [1, 3] and two["num_layers"] == 4  # indices of the original 4-layer model
-    assert two["search"]["best"][0]["layers"] == [1, 3]
+    assert two["kept_layers"] == [1, 2] and two["num_layers"] == 4  # indices of the original 4-layer model
+    assert two["search"]["best"][0]["layers"] == [1, 2]
     assert all(set(b["layers"]) <= set(kale_st.pruning_info(three)["kept_layers"]) for b in two["search"]["best"])
 
 
@@ -144,11 +130,8 @@ def test_search_keeps_modernbert_layer_zero(tmp_path: Path) -> None:
     model = tiny_model(tmp_path / "m", "modernbert")
     one = kale_st.pruning_info(kale_st.prune_layers(model, 1, strategy="search", queries=QUERIES))
     two = kale_st.pruning_info(kale_st.prune_layers(model, 2, strategy="search", queries=QUERIES))
-    three = kale_st.pruning_info(kale_st.prune_layers(model, 3, strategy="search", queries=QUERIES))
-    assert one["kept_layers"] == [0] and one["search"]["candidates_scored"] == 1  # layer 0 leaves no room for the last
-    assert not one["search"]["keep_last"] and two["search"]["keep_last"]  # the lineage says when it was kept
-    assert two["kept_layers"] == [0, 3] and two["search"]["candidates_scored"] == 1
-    assert three["kept_layers"] in ([0, 1, 3], [0, 2, 3]) and three["search"]["candidates_scored"] == 2
+    assert one["kept_layers"] == [0] and one["search"]["candidates_scored"] == 1
+    assert two["kept_layers"][0] == 0 and two["search"]["candidates_scored"] == 3  # [0, 1], [0, 2], [0, 3]
 
 
 def test_search_on_a_router_query_route(tmp_path: Path) -> None:
@@ -163,8 +146,8 @@ def test_align_passes_its_queries_to_search_and_records_it(known_best: SentenceT
     pair = kale_st.align(known_best, QUERIES, layers=2, strategy="search", max_steps=1, batch_size=8,
                          output_dir=tmp_path / "pair")
     meta = pair.metadata
-    assert meta["kept_layers"] == [1, 3] and meta["strategy"] == "search"
-    assert meta["layer_search"]["best"][0]["layers"] == [1, 3] and meta["layer_search"]["num_queries"] == len(QUERIES)
+    assert meta["kept_layers"] == [1, 2] and meta["strategy"] == "search"
+    assert meta["layer_search"]["best"][0]["layers"] == [1, 2] and meta["layer_search"]["num_queries"] == len(QUERIES)
     loaded = kale_st.AsymmetricPair.load(tmp_path / "pair", device="cpu")
     assert loaded.metadata["layer_search"] == meta["layer_search"]
     assert kale_st.pruning_info(loaded.query_model)["search"] == meta["layer_search"]
@@ -175,9 +158,9 @@ def test_align_passes_its_queries_to_search_and_records_it(known_best: SentenceT
 def test_search_on_minilm_keeps_the_sets_that_align_best(minilm_path: str) -> None:
     model = SentenceTransformer(minilm_path, device="cpu")
     queries = list(load_beir(SCIFACT, "train").queries.values())
-    # Measured after alignment (benchmarks/results/layer_choice_and_pseudo_queries.md): 2 layers [0, 5] 0.630 vs
-    # [4, 5] 0.617 (the plain cosine score picks [4, 5]); 3 layers [0, 4, 5]. 1 layer keeps the last, [5].
-    for layers, best, scored in ((1, [5], 1), (2, [0, 5], 5), (3, [0, 4, 5], 10)):
+    # Measured after alignment (benchmarks/results/layer_choice_and_pseudo_queries.md): 1 layer [5] 0.603 vs [0] 0.487,
+    # 2 layers [0, 5] 0.630 vs [4, 5] 0.617 (the plain cosine score picks [4, 5]).
+    for layers, best in ((1, [5]), (2, [0, 5])):
         info = kale_st.pruning_info(kale_st.prune_layers(model, layers, strategy="search", queries=queries))
         assert info["kept_layers"] == best
-        assert info["search"]["num_queries"] == 256 and info["search"]["candidates_scored"] == scored
+        assert info["search"]["num_queries"] == 256 and info["search"]["candidates_scored"] == (6 if layers == 1 else 15)
