@@ -11,7 +11,9 @@ so a query and all its judgements fall on one side.
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +78,19 @@ def load_teacher(name: str) -> SentenceTransformer:
 def corpus_embeddings(teacher: SentenceTransformer, splits: Splits) -> torch.Tensor:
     """The corpus embedded once by the untouched teacher (the index), cached in the user cache."""
     return document_embeddings(teacher, splits.test.corpus, cache_dir=cache_root() / "embeddings")
+
+
+def ndcg_per_query(top: Sequence[Sequence[int]], query_ids: Iterable[str], data: BeirData, k: int = 10) -> list[float]:
+    """nDCG@k of each query from its ranked document indices (into ``data.corpus`` order), with binary relevance as
+    SciFact's qrels are (sentence-transformers' ``InformationRetrievalEvaluator`` computes the same); 0 without qrels."""
+    doc_ids = list(data.corpus)
+    scores = []
+    for query_id, ranked in zip(query_ids, top):
+        relevant = data.relevant.get(query_id, set())
+        dcg = sum(1 / math.log2(rank + 2) for rank, index in enumerate(ranked[:k]) if doc_ids[index] in relevant)
+        ideal = sum(1 / math.log2(rank + 2) for rank in range(min(k, len(relevant))))
+        scores.append(dcg / ideal if ideal else 0.0)
+    return scores
 
 
 def score(query_model: SentenceTransformer, data: BeirData, documents: torch.Tensor) -> float:

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 
 import torch
-from protocol import TEACHERS, corpus_embeddings, load_teacher, scifact_splits
+from protocol import TEACHERS, corpus_embeddings, load_teacher, ndcg_per_query, scifact_splits
 from sentence_transformers import SentenceTransformer
 from transfer_table import RESULTS as TABLE
 from transfer_table import student_folder
@@ -36,16 +36,8 @@ def per_query_ndcg(model: SentenceTransformer, data: BeirData, documents: torch.
     """nDCG@10 of each of ``data``'s queries (in ``data.queries`` order) searching ``documents`` by cosine."""
     ids = list(data.queries)
     queries = model.encode([data.queries[i] for i in ids], convert_to_tensor=True, batch_size=64)
-    top = model.similarity(queries, documents).topk(K, dim=1).indices
-    corpus_ids = list(data.corpus)
-    discount = 1 / torch.log2(torch.arange(2, K + 2, dtype=torch.float64))
-    scores = []
-    for row, query_id in zip(top.tolist(), ids):
-        relevant = data.relevant[query_id]
-        gains = torch.tensor([corpus_ids[j] in relevant for j in row], dtype=torch.float64)
-        ideal = discount[: min(len(relevant), K)].sum()
-        scores.append(float((gains * discount).sum() / ideal))
-    return torch.tensor(scores, dtype=torch.float64)
+    top = model.similarity(queries, documents).topk(K, dim=1).indices.tolist()
+    return torch.tensor(ndcg_per_query(top, ids, data, K), dtype=torch.float64)
 
 
 def interval(student: torch.Tensor, teacher: torch.Tensor, draws: int, seed: int) -> tuple[float, float]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import random
 import statistics
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from protocol import ndcg_per_query
 from sentence_transformers import SentenceTransformer
 
 import kale_st
@@ -242,13 +242,7 @@ def _ndcg(queries: np.ndarray, data: BeirData, documents: torch.Tensor, k: int =
     q = torch.nn.functional.normalize(torch.as_tensor(queries, dtype=torch.float32), dim=1)
     d = torch.nn.functional.normalize(documents.float(), dim=1)
     top = (q @ d.T).topk(k, dim=1).indices.tolist()
-    doc_ids = list(data.corpus)
-    scores = []
-    for query_id, ranked in zip(data.queries, top):
-        relevant = data.relevant.get(query_id, set())
-        dcg = sum(1 / math.log2(rank + 2) for rank, index in enumerate(ranked) if doc_ids[index] in relevant)
-        ideal = sum(1 / math.log2(rank + 2) for rank in range(min(k, len(relevant))))
-        scores.append(dcg / ideal if ideal else 0.0)
+    scores = ndcg_per_query(top, data.queries, data, k)
     return sum(scores) / len(scores)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import platform
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from protocol import ndcg_per_query
 from sentence_transformers import SentenceTransformer
 
 import kale_st
@@ -146,8 +146,7 @@ def _where_it_breaks(teacher, student, data: BeirData, documents: torch.Tensor) 
     ids = list(data.queries)
     texts = [data.queries[i] for i in ids]
     report = static_check(teacher, student, texts, documents)
-    doc_ids = list(data.corpus)
-    ndcg = {name: _ndcg(model, texts, ids, data, documents, doc_ids) for name, model in
+    ndcg = {name: _ndcg(model, texts, ids, data, documents) for name, model in
             (("teacher", teacher), ("student", student))}
     by_text = {text: i for i, text in enumerate(texts)}
     rows = report["queries"]
@@ -165,17 +164,11 @@ def _where_it_breaks(teacher, student, data: BeirData, documents: torch.Tensor) 
     }
 
 
-def _ndcg(model, texts, ids, data: BeirData, documents, doc_ids, k: int = 10) -> list[float]:
-    """Per-query nDCG@10 with binary relevance (as BEIR's SciFact qrels are)."""
+def _ndcg(model, texts, ids, data: BeirData, documents, k: int = 10) -> list[float]:
+    """Per-query nDCG@10 with binary relevance (as BEIR's SciFact qrels are), to 4 decimals."""
     queries = model.encode_query(texts, convert_to_tensor=True).cpu().float()
     top = model.similarity(queries, documents.float()).topk(k, dim=1).indices.tolist()
-    scores = []
-    for query_id, ranked in zip(ids, top):
-        relevant = data.relevant.get(query_id, set())
-        dcg = sum(1 / math.log2(rank + 2) for rank, index in enumerate(ranked) if doc_ids[index] in relevant)
-        ideal = sum(1 / math.log2(rank + 2) for rank in range(min(k, len(relevant))))
-        scores.append(round(dcg / ideal, 4) if ideal else 0.0)
-    return scores
+    return [round(score, 4) for score in ndcg_per_query(top, ids, data, k)]
 
 
 def markdown(result: dict[str, Any]) -> str:
