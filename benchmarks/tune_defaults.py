@@ -7,6 +7,7 @@ queries; ``--label-free`` skips the index and the nDCG). The test split is never
 
     python benchmarks/tune_defaults.py --teacher minilm --layers 2 --pseudo 0 1000 10000
     python benchmarks/tune_defaults.py --teacher mpnet --kept 0,11 --pseudo 10000 --lr 1e-3 3e-3 --temperature 0.1 0.2
+    python benchmarks/tune_defaults.py --teacher minilm --kept 0,5 --pseudo 10000 --loss kale-hidden  # loss_probes.py
     python benchmarks/tune_defaults.py --summary
 """
 
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import torch
 from fetch_mpnet import cache_root
-from protocol import corpus_embeddings, load_teacher, score, scifact_splits
+from loss_probes import probe_losses
+from protocol import corpus_embeddings, load_teacher, scifact_splits, score
 
 import kale_st
 from kale_st.align import LOSSES
@@ -52,9 +54,12 @@ def main() -> None:
     parser.add_argument("--strategy", nargs="+", default=["spread"])
     parser.add_argument("--kept", nargs="+", default=[None], help="exact kept layers, comma-separated (for example 0,11)")
     parser.add_argument("--temperature", type=float, nargs="+", default=[None], help="default: KALELoss's")
-    parser.add_argument("--loss", nargs="+", default=["kale"], choices=sorted(LOSSES), help="align's loss")
+    parser.add_argument("--loss", nargs="+", default=["kale"], choices=sorted(LOSSES) + ["kale-hidden", "kale-relations"],
+                        help="align's loss, or a probe of loss_probes.py")
     parser.add_argument("--token-weight", type=float, default=None,
                         help="probe: kale-tokens' weight of the token term (default: align's TOKEN_WEIGHT)")
+    parser.add_argument("--probe-weight", type=float, nargs="+", default=[1.0],
+                        help="the weight of a loss_probes.py term (kale-relations, kale-hidden)")
     parser.add_argument("--sampler", nargs="+", default=[None], choices=[None, "random", "length"],
                         help="training batches: random, or grouped by length; default: align's")
     parser.add_argument("--seed", type=int, nargs="+", default=[42])
@@ -83,11 +88,13 @@ def main() -> None:
     teacher = load_teacher(args.teacher)
     documents = None if args.label_free else corpus_embeddings(teacher, splits)
     teacher_ndcg = None if args.label_free else score(teacher, splits.validation, documents)
-    for layers, pseudo, lr, steps, batch, strategy, kept, temperature, sampler, seed, repeats, loss, scheduler, share in (
-        itertools.product(args.layers, args.pseudo, args.lr, args.steps, args.batch_size, args.strategy, args.kept,
-                          args.temperature, args.sampler, args.seed, args.real_repeats, args.loss, args.lr_scheduler,
-                          args.real_query_share)
+    for (layers, pseudo, lr, steps, batch, strategy, kept, temperature, sampler, seed, repeats, loss, scheduler, share,
+         probe_weight) in itertools.product(
+        args.layers, args.pseudo, args.lr, args.steps, args.batch_size, args.strategy, args.kept, args.temperature,
+        args.sampler, args.seed, args.real_repeats, args.loss, args.lr_scheduler, args.real_query_share,
+        args.probe_weight,
     ):
+        LOSSES.update(probe_losses(teacher, probe_weight))  # align reads its loss by name from LOSSES
         if kept is not None:
             layers = [int(i) for i in kept.split(",")]
         start = time.perf_counter()
@@ -124,7 +131,9 @@ def main() -> None:
             **({"real_repeats": repeats} if repeats != 1 else {}),
             "learning_rate": meta["learning_rate"],
             "temperature": meta["loss_config"].get("temperature"),
-            **({"token_weight": meta["loss_config"]["token_weight"]} if "token_weight" in meta["loss_config"] else {}),
+            **({"loss": loss} if loss != "kale" else {}),
+            **{name: meta["loss_config"][name] for name in ("token_weight", "relation_weight", "hidden_weight")
+               if name in meta["loss_config"]},
             "batch_size": meta["batch_size"],
             **({"lr_scheduler": scheduler} if scheduler is not None else {}),
             "sampler": sampler or ("length" if meta["kept_layers"] else "random"),  # align's default
@@ -150,11 +159,13 @@ def main() -> None:
 
 def print_summary() -> None:
     rows = [json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines() if line.strip()]
-    keys = ["teacher", "layers", "kept_layers", "pseudo_queries", "learning_rate", "temperature", "batch_size", "sampler",
-            "seed", "precision", "dropout", "budget", "steps", "stop_reason", "validation_ndcg@10", "validation_cosine", "seconds"]
+    keys = ["teacher", "layers", "kept_layers", "loss", "pseudo_queries", "learning_rate", "temperature", "batch_size",
+            "sampler", "seed", "precision", "dropout", "budget", "steps", "stop_reason", "validation_ndcg@10",
+            "validation_cosine", "seconds"]
     print("| " + " | ".join(keys) + " | % of teacher |")
     print("|" + "---|" * (len(keys) + 1))
     for row in rows:
+        row.setdefault("loss", "kale-tokens" if "token_weight" in row else "kale")  # rows from before the field
         ndcg, teacher = row["validation_ndcg@10"], row["teacher_validation_ndcg@10"]
         percent = f"{100 * ndcg / teacher:.1f} %" if ndcg is not None else "-"
         print("| " + " | ".join(str(row.get(k, DEFAULTS_BEFORE.get(k, "-"))) for k in keys) + f" | {percent} |")
