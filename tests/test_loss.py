@@ -144,3 +144,50 @@ def test_token_term_errors_name_the_fix(bert_model) -> None:
         kale_st.KALELoss(bert_model, token_weight=1.0)([features], torch.zeros(2, 32))
     with pytest.raises(ValueError, match="token_weight must be >= 0"):
         kale_st.KALELoss(bert_model, teacher=bert_model, token_weight=-1.0)
+
+
+def test_hidden_term_asks_each_kept_layer_for_the_state_it_read_in_the_teacher(tmp_path: Path) -> None:
+    teacher = tiny_model(tmp_path / "t")  # 4 layers
+    features = teacher.preprocess(SENTENCES[:3])
+    skipping = kale_st.prune_layers(teacher, [0, 3])  # layer 3 reads layer 0's output instead of layer 2's
+    plain = kale_st.KALELoss(skipping, teacher=teacher)([features], None)
+    hidden = kale_st.KALELoss(skipping, teacher=teacher, hidden_weight=0.5)
+    assert hidden.get_config_dict() == {"temperature": 0.2, "hidden_weight": 0.5}
+    for model in (skipping, teacher):
+        model[0].auto_model.config.output_hidden_states = True
+    s, t = skipping(dict(features))["all_layer_embeddings"], teacher(dict(features))["all_layer_embeddings"]
+    for model in (skipping, teacher):
+        model[0].auto_model.config.output_hidden_states = False
+    distance = token_distance(s[1], t[3], features["attention_mask"])
+    assert distance > 0.01
+    assert torch.allclose(hidden([features], None), plain + 0.5 * distance, atol=1e-6)
+    assert not skipping[0].auto_model.config.output_hidden_states and not teacher[0].auto_model.config.output_hidden_states
+    # Consecutive layers from 0: each reads in the student what it read in the teacher, the term is 0.
+    consecutive = kale_st.prune_layers(teacher, [0, 1, 2])
+    with_term = kale_st.KALELoss(consecutive, teacher=teacher, hidden_weight=1.0)([features], None)
+    assert torch.allclose(with_term, kale_st.KALELoss(consecutive, teacher=teacher)([features], None), atol=1e-6)
+
+
+def test_stored_hidden_targets_give_the_online_teachers_loss(tmp_path: Path) -> None:
+    teacher = tiny_model(tmp_path / "t")
+    student = kale_st.prune_layers(teacher, [0, 2, 3])
+    texts = SENTENCES[:4]  # of different lengths: the batch pads
+    targets = teacher_targets(teacher, texts, hidden_layers=[2, 3]).with_format("torch")
+    batch = TokenTargetsCollator(preprocess_fn=student.preprocess)([targets[i] for i in range(len(texts))])
+    mask = batch["query_attention_mask"]
+    assert sorted(batch["label"]["all_layer_embeddings"]) == [2, 3] and mask.sum() < mask.numel()
+    features = {key.removeprefix("query_"): value for key, value in batch.items() if key.startswith("query_")}
+    stored = kale_st.KALELoss(student, hidden_weight=1.0)([features], batch["label"])
+    online = kale_st.KALELoss(student, teacher=teacher, hidden_weight=1.0)([features], None)
+    assert stored > 0.01 and torch.allclose(stored, online, atol=1e-3)
+    del batch["label"]["all_layer_embeddings"][3]
+    with pytest.raises(ValueError, match=r"hidden states entering layers \[2, 3\]: pass teacher="):
+        kale_st.KALELoss(student, hidden_weight=1.0)([features], batch["label"])
+
+
+def test_hidden_term_errors_name_the_fix(tmp_path: Path) -> None:
+    teacher = tiny_model(tmp_path / "t")
+    with pytest.raises(ValueError, match="needs a transformer student made by prune_layers"):
+        kale_st.KALELoss(teacher, hidden_weight=1.0)
+    with pytest.raises(ValueError, match="hidden_weight must be >= 0"):
+        kale_st.KALELoss(kale_st.prune_layers(teacher, 2), hidden_weight=-1.0)
