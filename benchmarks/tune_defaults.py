@@ -7,7 +7,7 @@ queries; ``--label-free`` skips the index and the nDCG). The test split is never
 
     python benchmarks/tune_defaults.py --teacher minilm --layers 2 --pseudo 0 1000 10000
     python benchmarks/tune_defaults.py --teacher mpnet --kept 0,11 --pseudo 10000 --lr 1e-3 3e-3 --temperature 0.1 0.2
-    python benchmarks/tune_defaults.py --teacher minilm --kept 0,5 --pseudo 10000 --loss kale kale-hidden
+    python benchmarks/tune_defaults.py --teacher minilm --kept 0,5 --pseudo 10000 --loss kale-hidden  # loss_probes.py
     python benchmarks/tune_defaults.py --summary
 """
 
@@ -54,12 +54,12 @@ def main() -> None:
     parser.add_argument("--strategy", nargs="+", default=["spread"])
     parser.add_argument("--kept", nargs="+", default=[None], help="exact kept layers, comma-separated (for example 0,11)")
     parser.add_argument("--temperature", type=float, nargs="+", default=[None], help="default: KALELoss's")
-    parser.add_argument("--loss", nargs="+", default=["kale"], choices=sorted(LOSSES) + ["kale-relations"],
+    parser.add_argument("--loss", nargs="+", default=["kale"], choices=sorted(LOSSES) + ["kale-hidden", "kale-relations"],
                         help="align's loss, or a probe of loss_probes.py")
     parser.add_argument("--token-weight", type=float, default=None,
                         help="probe: kale-tokens' weight of the token term (default: align's TOKEN_WEIGHT)")
     parser.add_argument("--probe-weight", type=float, nargs="+", default=[1.0],
-                        help="the weight of loss_probes.py's term (kale-relations)")
+                        help="the weight of a loss_probes.py term (kale-relations, kale-hidden)")
     parser.add_argument("--sampler", nargs="+", default=[None], choices=[None, "random", "length"],
                         help="training batches: random, or grouped by length; default: align's")
     parser.add_argument("--seed", type=int, nargs="+", default=[42])
@@ -94,7 +94,7 @@ def main() -> None:
         args.sampler, args.seed, args.real_repeats, args.loss, args.lr_scheduler, args.real_query_share,
         args.probe_weight,
     ):
-        LOSSES.update(probe_losses(probe_weight))  # align reads its loss by name from LOSSES
+        LOSSES.update(probe_losses(teacher, probe_weight))  # align reads its loss by name from LOSSES
         if kept is not None:
             layers = [int(i) for i in kept.split(",")]
         start = time.perf_counter()

@@ -49,35 +49,22 @@ from kale_st.recipe import (
 )
 from kale_st.sampler import LengthGroupedBatchSampler
 from kale_st.static import static_student
-from kale_st.targets import (
-    DEFAULT_CHUNK_SIZE,
-    ENCODE_BATCH_SIZE,
-    TokenTargetsCollator,
-    distributed_state,
-    teacher_targets,
-)
+from kale_st.targets import ENCODE_BATCH_SIZE, TokenTargetsCollator, distributed_state, teacher_targets
 
 logger = logging.getLogger(__name__)
 
 #: Alignment losses by name: each builds the loss for a student at a temperature. One line to add another.
-#: ``kale-tokens`` adds a token-level term (:class:`KALELoss` ``token_weight``), ``kale-hidden`` an intermediate-layer
-#: term (``hidden_weight``).
+#: ``kale-tokens`` adds a token-level term (:class:`KALELoss` ``token_weight``).
 LOSSES: dict[str, Callable[..., nn.Module]] = {
     "kale": lambda student, temperature: KALELoss(student, temperature),
     "kale-tokens": lambda student, temperature: KALELoss(student, temperature, token_weight=TOKEN_WEIGHT),
-    "kale-hidden": lambda student, temperature: KALELoss(student, temperature, hidden_weight=HIDDEN_WEIGHT),
     "mse": lambda student, temperature: MSELoss(student),
 }
 #: Losses that align contextual token embeddings (a static student, ``layers=0``, has none): their teacher targets
 #: keep the teacher's token embeddings too, so training runs no teacher pass.
 TOKEN_LOSSES = {"kale-tokens"}
-#: Losses that align the hidden states entering the student's layers (a static student has none): once the layers
-#: are chosen, the targets are encoded again with the teacher's hidden states entering those layers.
-HIDDEN_LOSSES = {"kale-hidden"}
-#: ``kale-tokens``' weight of the token term and ``kale-hidden``'s of the intermediate-layer term (README "Defaults
-#: that transfer", levers).
+#: ``kale-tokens``' weight of the token term (README "Defaults that transfer", levers).
 TOKEN_WEIGHT = 1.0
-HIDDEN_WEIGHT = 1.0
 #: How many pseudo-queries ``align(model, corpus=...)`` makes by default.
 DEFAULT_PSEUDO_QUERIES = 10_000
 #: With fewer alignment queries the default layer choice is ``spread``: ``search``'s probe needs 2 per fold.
@@ -144,9 +131,7 @@ def align(
             ``spread`` under :data:`SEARCH_MIN_QUERIES` queries.
         loss: ``"kale"`` (:class:`KALELoss`, the paper's), ``"kale-tokens"`` (plus a token-level term; the teacher's
             token embeddings are encoded with its targets and kept on disk, about 34 KB a 22-token query of a 768-d
-            teacher), ``"kale-hidden"`` (plus an intermediate-layer term: each kept layer is fed the teacher's hidden
-            state it read there; the queries are encoded a second time, once the layers are chosen, with those states,
-            kept on disk as the token embeddings are) or ``"mse"`` (sentence-transformers' ``MSELoss``).
+            teacher) or ``"mse"`` (sentence-transformers' ``MSELoss``).
         temperature: :class:`KALELoss` softmax temperature.
         max_steps, learning_rate, batch_size: Training recipe; ``None`` takes :func:`kale_st.recipe.recipe_for` the
             kept layer count and the teacher's depth (a 12-layer teacher: a budget of 600 steps, a 6-layer one 300).
@@ -193,7 +178,7 @@ def align(
     """
     if loss not in LOSSES:
         raise ValueError(f"Unknown loss {loss!r}: use one of {sorted(LOSSES)}.")
-    if loss in TOKEN_LOSSES | HIDDEN_LOSSES and layers == 0:
+    if loss in TOKEN_LOSSES and layers == 0:
         raise ValueError(f"loss={loss!r} aligns contextual token embeddings, which a static student (layers=0) does "
                          "not have: use loss='kale', or keep at least one layer.")
     if queries is None and corpus is None:
@@ -230,10 +215,6 @@ def align(
     dataset = teacher_targets(teacher, texts, cache_dir=cache_dir, precision=precision, token_embeddings=tokens)
     source = _from_main_process(source, teacher)  # only the main process read the texts and counted them
     student = _student(teacher, dataset, layers, strategy, plan, source.get("real_queries", len(dataset)), base_model)
-    if loss in HIDDEN_LOSSES:  # the teacher's hidden states entering the layers the student kept, now they are known
-        texts = (text for batch in dataset.iter(batch_size=DEFAULT_CHUNK_SIZE) for text in batch["query"])
-        dataset = teacher_targets(teacher, texts, cache_dir=cache_dir, precision=precision, token_embeddings=tokens,
-                                  hidden_layers=pruning_info(student)["kept_layers"][1:])
     if checkpoint_dir is not None:
         _write_json(Path(checkpoint_dir) / STUDENT_FILE, {"layers": layers, "lineage": pruning_info(student)})
     slice_size = held_out_size(len(dataset)) if early_stopping else 0
@@ -243,7 +224,7 @@ def align(
     copies = real_query_copies(real_rows, len(train_dataset) - real_rows, real_query_share)
     train_dataset = _repeat_first(train_dataset, real_rows, copies)
     # Targets read as tensors: the collator stacks them instead of building each from a Python list (6x faster).
-    targets = [name for name in train_dataset.column_names if name != "query"]
+    targets = ["label", "token_label"] if tokens else ["label"]
     train_dataset = train_dataset.with_format("torch", columns=targets, output_all_columns=True)
     before = _agreement(teacher, student, held_out) if held_out else None
 
@@ -287,7 +268,7 @@ def align(
             settings |= {"eval_strategy": "steps", "eval_steps": interval}
         args = SentenceTransformerTrainingArguments(output_dir=training_dir, **{**settings, **training_args})
         collator = None
-        if targets != ["label"]:  # the labels carry the teacher's token or hidden states beside its query embeddings
+        if tokens:  # the labels carry the teacher's token embeddings beside its query embeddings
             collator = TokenTargetsCollator(preprocess_fn=student.preprocess, prompts=args.prompts,
                                             router_mapping=args.router_mapping)
         trainer = SentenceTransformerTrainer(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -35,7 +35,6 @@ class KALELoss(nn.Module):
         temperature: float = DEFAULT_TEMPERATURE,
         teacher: SentenceTransformer | None = None,
         token_weight: float = 0.0,
-        hidden_weight: float = 0.0,
     ) -> None:
         r"""KALE alignment loss (Campos et al., SustaiNLP 2023): the student ``model`` learns to give the
         same distribution over embedding dimensions as its teacher.
@@ -50,14 +49,6 @@ class KALELoss(nn.Module):
         teacher's come from ``teacher``, run at every step, or precomputed in the labels
         (:func:`kale_st.targets.teacher_targets` with ``token_embeddings=True`` and
         :class:`kale_st.targets.TokenTargetsCollator`, as ``align(loss="kale-tokens")`` does).
-
-        With ``hidden_weight > 0`` an intermediate-layer term is added (not in the paper; off by default): a pruned
-        student feeds each kept layer a hidden state the teacher never gave it (in ``[0, 5]``, layer 5 reads layer 0's
-        output instead of layer 4's). The term is ``hidden_weight`` times the token distance, as above, between the
-        student's hidden state entering its ``i``-th layer (``i >= 1``) and the teacher's entering the layer it was
-        copied from, summed over ``i``, so each copied layer is fed what it was trained on. The teacher's come from
-        ``teacher`` or from the labels (``teacher_targets(..., hidden_layers=kept_layers[1:])``, as
-        ``align(loss="kale-hidden")`` does).
 
         Temperature: the reference used ``T = 1`` for unnormalized CLS vectors. Unit-normalized embeddings
         such as all-MiniLM-L6-v2's have ``|x| < 0.22`` per dimension: at ``T = 1`` the softmax of a SciFact
@@ -77,8 +68,6 @@ class KALELoss(nn.Module):
                 (it must share the student's tokenizer; it is left as it was given). ``None``: ``t`` comes precomputed in ``labels`` (faster: encode once).
             token_weight: Weight of the token-level term (>= 0). It needs the teacher's token embeddings (from
                 ``teacher`` or in the labels) and a transformer student (a static student has no contextual tokens).
-            hidden_weight: Weight of the intermediate-layer term (>= 0). It needs a student made by
-                :func:`kale_st.prune_layers` (its kept layers say which teacher state each layer should read).
 
         Inputs:
             +---------------------+-----------------------------------------------------------------+
@@ -86,8 +75,7 @@ class KALELoss(nn.Module):
             +=====================+=================================================================+
             | one column, queries | teacher embeddings ``(batch_size, dim)``, or none with teacher  |
             |                     | (with token targets: a dict of ``sentence_embedding`` and       |
-            |                     | ``token_embeddings`` / ``all_layer_embeddings``, from           |
-            |                     | ``TokenTargetsCollator``)                                       |
+            |                     | ``token_embeddings``, from ``TokenTargetsCollator``)             |
             +---------------------+-----------------------------------------------------------------+
 
         Example:
@@ -113,17 +101,6 @@ class KALELoss(nn.Module):
         self.temperature = temperature
         self.teacher = teacher
         self.token_weight = token_weight
-        if not hidden_weight >= 0:
-            raise ValueError(f"hidden_weight must be >= 0, got {hidden_weight}.")
-        self.hidden_weight = hidden_weight
-        if hidden_weight > 0:
-            from kale_st.pruning import pruning_info  # pruning imports the model cards, which import this module
-
-            info = pruning_info(model)
-            if not info or not info["kept_layers"]:
-                raise ValueError(f"hidden_weight={hidden_weight} needs a transformer student made by prune_layers (its "
-                                 "kept layers say which teacher state each layer reads): use hidden_weight=0.")
-            self.hidden_layers = info["kept_layers"]
         if teacher is not None:
             _check_same_tokenizer(teacher, model)
 
@@ -132,12 +109,10 @@ class KALELoss(nn.Module):
         if len(features) != 1:
             raise ValueError(f"KALELoss takes one text column (the queries), got {len(features)}.")
         # Each model gets its own copy of the inputs: sentence-transformers modules add their outputs to the dict.
-        hidden = self.hidden_weight > 0
-        with output_hidden_states(self.model) if hidden else nullcontext():
-            output = self.model(dict(features[0]))
+        output = self.model(dict(features[0]))
         student = output["sentence_embedding"]
         if self.teacher is not None:
-            with torch.no_grad(), _eval_mode(self.teacher), output_hidden_states(self.teacher) if hidden else nullcontext():
+            with torch.no_grad(), _eval_mode(self.teacher):
                 taught = self.teacher(dict(features[0]))
         elif labels is None:
             raise ValueError("KALELoss needs teacher embeddings as labels, or a teacher=SentenceTransformer.")
@@ -155,8 +130,6 @@ class KALELoss(nn.Module):
                                  "True) through kale_st.targets.TokenTargetsCollator, or token_weight=0.")
             distance = token_distance(output["token_embeddings"], taught["token_embeddings"], output["attention_mask"])
             loss = loss + self.token_weight * distance
-        if hidden:
-            loss = loss + self.hidden_weight * self._hidden_distance(output, taught)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"KALELoss is {loss.item()}: training diverged. Lower the learning rate or raise the temperature "
@@ -164,22 +137,8 @@ class KALELoss(nn.Module):
             )
         return loss
 
-    def _hidden_distance(self, output: dict[str, Any], taught: dict[str, Any]) -> Tensor:
-        """The intermediate-layer term: student state entering layer ``i`` against the teacher's entering layer
-        ``hidden_layers[i]``, summed over ``i >= 1``."""
-        states = taught.get("all_layer_embeddings")
-        sources = self.hidden_layers[1:]
-        if states is None or (isinstance(states, dict) and not set(sources) <= set(states)):
-            raise ValueError(f"hidden_weight={self.hidden_weight} needs the teacher's hidden states entering layers "
-                             f"{sources}: pass teacher=<the frozen teacher>, or labels from teacher_targets(..., "
-                             f"hidden_layers={sources}) through kale_st.targets.TokenTargetsCollator.")
-        mask = output["attention_mask"]
-        return sum(token_distance(output["all_layer_embeddings"][i], states[source], mask)
-                   for i, source in enumerate(sources, start=1))
-
     def get_config_dict(self) -> dict[str, Any]:
-        weights = {name: getattr(self, name) for name in ("token_weight", "hidden_weight") if getattr(self, name)}
-        return {"temperature": self.temperature, **weights}
+        return {"temperature": self.temperature, **({"token_weight": self.token_weight} if self.token_weight else {})}
 
     @property
     def citation(self) -> str:
@@ -203,19 +162,6 @@ def token_distance(student: Tensor, teacher: Tensor, attention_mask: Tensor) -> 
     distance = 1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)
     mask = attention_mask.to(distance.dtype)
     return (distance * mask).sum() / mask.sum()
-
-
-@contextmanager
-def output_hidden_states(model: nn.Module) -> Iterator[None]:
-    """``model``'s transformer outputs ``all_layer_embeddings`` (every layer's hidden states) inside the block, its
-    own setting back after it: neither the teacher nor the saved student keeps the flag."""
-    config = next(module for module in model.modules() if hasattr(module, "auto_model")).auto_model.config
-    before = config.output_hidden_states
-    config.output_hidden_states = True
-    try:
-        yield
-    finally:
-        config.output_hidden_states = before
 
 
 @contextmanager

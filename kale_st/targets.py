@@ -21,8 +21,7 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ from sentence_transformers.sentence_transformer.data_collator import SentenceTra
 from tqdm.auto import tqdm
 
 from kale_st.evaluation import fingerprint
-from kale_st.loss import output_hidden_states
 from kale_st.precision import autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -49,8 +47,6 @@ ENCODE_BATCH_SIZE = 32
 DEFAULT_CHUNK_SIZE = 10_000
 #: The same with token embeddings, which take about 22 times the room (SciFact's queries hold 22 tokens on average).
 TOKEN_CHUNK_SIZE = 1_000
-#: Column of the teacher's hidden state entering its layer ``k``: ``HIDDEN_COLUMN.format(k)``.
-HIDDEN_COLUMN = "hidden_label_{}"
 _INFO = "targets.json"
 
 
@@ -64,12 +60,10 @@ def teacher_targets(
     show_progress_bar: bool | None = None,
     precision: str = "fp32",
     token_embeddings: bool = False,
-    hidden_layers: Sequence[int] = (),
 ) -> Dataset:
     """The alignment dataset: column ``query`` (the texts) and ``label`` (``teacher.encode_query``, float32); with
     ``token_embeddings``, also ``token_label``: the teacher's contextual token embeddings of each text (its last
-    layer's outputs before pooling, one row per real token, float16), the targets of ``KALELoss``'s token term; with
-    ``hidden_layers``, also a ``hidden_label_<k>`` column per layer ``k``, shaped the same: the targets of its hidden term.
+    layer's outputs before pooling, one row per real token, float16), the targets of ``KALELoss``'s token term.
 
     Args:
         teacher: The frozen query encoder; it encodes with its own device, dtype and ``query`` prompt.
@@ -84,10 +78,6 @@ def teacher_targets(
             where the hardware has bfloat16, :mod:`kale_st.precision`); ``"auto"``: ``"bf16"`` there, else ``"fp32"``.
         token_embeddings: Keep the token embeddings too (on disk: tokens x width x 2 bytes a text, about 34 KB for a
             22-token query of a 768-d teacher), so the token term needs no teacher pass while training.
-        hidden_layers: Keep the teacher's hidden states entering these layers too (``k``: the teacher's
-            ``all_layer_embeddings[k]``, the output of layer ``k - 1``; 0 is the embedding layer's), each as large on
-            disk as the token embeddings: what a student that kept layer ``k`` should feed it (``KALELoss``
-            ``hidden_weight``).
 
     Returns:
         A memory-mapped ``datasets.Dataset`` in the order of ``texts``; ``label`` is a fixed-size float32 list.
@@ -99,9 +89,7 @@ def teacher_targets(
         raise ValueError("texts is a single string: pass a list or an iterable of query strings.")
     if chunk_size < 1 or batch_size < 1:
         raise ValueError(f"chunk_size={chunk_size}, batch_size={batch_size}: both must be at least 1.")
-    hidden_layers = sorted(set(hidden_layers))
-    _check_hidden_layers(teacher, hidden_layers)
-    if token_embeddings or hidden_layers:
+    if token_embeddings:
         chunk_size = min(chunk_size, TOKEN_CHUNK_SIZE)
     state = distributed_state(teacher)
     world = state.num_processes if state else 1
@@ -119,7 +107,7 @@ def teacher_targets(
         work = Path(tempfile.mkdtemp(prefix=".targets-", dir=root))
         try:
             num_rows, texts_digest = _write_texts(texts, work / "queries.arrow", chunk_size)
-            key = _fingerprint(teacher, texts_digest, precision, token_embeddings, hidden_layers)
+            key = _fingerprint(teacher, texts_digest, precision, token_embeddings)
             final = root / f"targets-{key}"
             plan = [{"root": str(root), "work": str(work), "final": str(final), "rows": num_rows,
                      "cached": (final / _INFO).is_file()}]  # decided once, so every process takes the same branch
@@ -137,7 +125,7 @@ def teacher_targets(
         show = (num_rows > chunk_size) if show_progress_bar is None else show_progress_bar
         with autocast(precision, device or teacher.device):
             _encode_shard(teacher, work, rank, start, stop, batch_size, chunk_size, show and rank == 0, device,
-                          token_embeddings, hidden_layers)
+                          token_embeddings)
         if state is not None:
             state.wait_for_everyone()
         if rank == 0:
@@ -164,11 +152,10 @@ def load_targets(folder: str | os.PathLike) -> Dataset:
 
 
 class TokenTargetsCollator(SentenceTransformerDataCollator):
-    """sentence-transformers' data collator for targets with per-token columns (:func:`teacher_targets` with
-    ``token_embeddings=True`` or ``hidden_layers``): a batch's label becomes a dict shaped like the teacher's own
-    output, ``sentence_embedding`` ``(batch, width)``, ``token_embeddings`` ``(batch, tokens, width)`` and
-    ``all_layer_embeddings`` (``{k: (batch, tokens, width)}`` for the stored layers), each text's rows placed where the
-    batch's attention mask keeps its tokens (zeros on padding), as :class:`KALELoss` reads it.
+    """sentence-transformers' data collator for targets with a ``token_label`` column (:func:`teacher_targets` with
+    ``token_embeddings=True``): a batch's label becomes a dict shaped like the teacher's own output,
+    ``sentence_embedding`` ``(batch, width)`` and ``token_embeddings`` ``(batch, tokens, width)``, each text's token
+    targets placed where the batch's attention mask keeps its tokens (zeros on padding), as :class:`KALELoss` reads it.
 
     Example:
         >>> collator = TokenTargetsCollator(preprocess_fn=student.preprocess)  # doctest: +SKIP
@@ -177,25 +164,18 @@ class TokenTargetsCollator(SentenceTransformerDataCollator):
     """
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        columns = [name for name in features[0] if _is_token_column(name)]
-        rows = {name: [torch.as_tensor(row[name], dtype=torch.float32) for row in features] for name in columns}
-        batch = super().__call__([{k: v for k, v in row.items() if k not in rows} for row in features])
+        tokens = [torch.as_tensor(row["token_label"], dtype=torch.float32) for row in features]
+        batch = super().__call__([{k: v for k, v in row.items() if k != "token_label"} for row in features])
         masks = [value for key, value in batch.items() if key.endswith("_attention_mask")]
         if len(masks) != 1:
             raise ValueError(f"Token targets go with one text column (the queries); this batch has {len(masks)}.")
         mask = masks[0].bool()
-        label = {"sentence_embedding": batch["label"]}
-        for name, tokens in rows.items():
-            if mask.sum(1).tolist() != [len(t) for t in tokens]:
-                raise ValueError("The token targets do not match the student's tokenization of the same texts (token "
-                                 "counts differ): encode them with the student's tokenizer, sequence length and prompt.")
-            target = torch.zeros(*mask.shape, tokens[0].shape[-1])
-            target[mask] = torch.cat(tokens)
-            if name == "token_label":
-                label["token_embeddings"] = target
-            else:
-                label.setdefault("all_layer_embeddings", {})[int(name.rsplit("_", 1)[1])] = target
-        batch["label"] = label
+        if mask.sum(1).tolist() != [len(t) for t in tokens]:
+            raise ValueError("The token targets do not match the student's tokenization of the same texts (token "
+                             "counts differ): encode them with the student's tokenizer, sequence length and prompt.")
+        target = torch.zeros(*mask.shape, tokens[0].shape[-1])
+        target[mask] = torch.cat(tokens)
+        batch["label"] = {"sentence_embedding": batch["label"], "token_embeddings": target}
         return batch
 
 
@@ -229,19 +209,14 @@ def _write_texts(texts: Iterable[str], path: Path, chunk_size: int) -> tuple[int
     return count, digest.hexdigest()
 
 
-def _fingerprint(
-    teacher: SentenceTransformer, texts_digest: str, precision: str, token_embeddings: bool, hidden_layers: list[int]
-) -> str:
-    """Teacher (weights, configuration, prompts) x texts x precision x token and hidden states kept: what the targets
-    depend on."""
+def _fingerprint(teacher: SentenceTransformer, texts_digest: str, precision: str, token_embeddings: bool) -> str:
+    """Teacher (weights, configuration, prompts) x texts x precision x token embeddings: what the targets depend on."""
     prompts = json.dumps([teacher.prompts, teacher.default_prompt_name], sort_keys=True, default=str)
     parts = ("encode_query", fingerprint(teacher, {}), prompts, texts_digest)
     if precision != "fp32":  # float32 targets keep the fingerprint they had before precision was an option
         parts += (precision,)
     if token_embeddings:  # and those without token embeddings the one they had before them
         parts += ("token_embeddings",)
-    if hidden_layers:  # and those without hidden states the one they had before them
-        parts += ("hidden_layers", *map(str, hidden_layers))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
@@ -256,7 +231,6 @@ def _encode_shard(
     show_progress_bar: bool,
     device: torch.device | None,
     token_embeddings: bool,
-    hidden_layers: list[int],
 ) -> None:
     """Encode rows ``start:stop`` of the texts file into ``shard-<rank>.arrow``, a chunk at a time."""
     if start == stop:
@@ -269,17 +243,18 @@ def _encode_shard(
     ) as bar:
         for begin in range(start, stop, chunk_size):
             chunk = texts[begin : min(begin + chunk_size, stop)]["query"]
-            embeddings, per_token = _encode(teacher, chunk, batch_size, device, token_embeddings, hidden_layers)
-            if writer is None:  # the widths are known once the teacher has encoded something
-                columns = {"query": Value("string"), "label": List(Value("float32"), length=embeddings.shape[1])}
-                for name, rows in per_token.items():
-                    columns[name] = List(List(Value("float16"), length=rows[0].shape[1]))
+            embeddings, tokens = _encode(teacher, chunk, batch_size, device, token_embeddings)
+            width = embeddings.shape[1]
+            if writer is None:  # the width is known once the teacher has encoded something
+                columns = {"query": Value("string"), "label": List(Value("float32"), length=width)}
+                if token_embeddings:
+                    columns["token_label"] = List(List(Value("float16"), length=tokens[0].shape[1]))
                 schema = Features(columns).arrow_schema
                 writer = pa.ipc.new_stream(sink, schema)
             arrays = [pa.array(chunk, pa.string()), _fixed_size(embeddings)]
-            for rows in per_token.values():
-                offsets = np.concatenate([[0], np.cumsum([len(t) for t in rows])]).astype(np.int32)
-                arrays.append(pa.ListArray.from_arrays(pa.array(offsets), _fixed_size(np.concatenate(rows))))
+            if token_embeddings:
+                offsets = np.concatenate([[0], np.cumsum([len(t) for t in tokens])]).astype(np.int32)
+                arrays.append(pa.ListArray.from_arrays(pa.array(offsets), _fixed_size(np.concatenate(tokens))))
             writer.write_batch(pa.record_batch(arrays, schema=schema))
             bar.update(len(chunk))
         writer.close()
@@ -287,69 +262,21 @@ def _encode_shard(
 
 
 def _encode(
-    teacher: SentenceTransformer,
-    texts: list[str],
-    batch_size: int,
-    device: torch.device | None,
-    tokens: bool,
-    hidden_layers: list[int],
-) -> tuple[np.ndarray, dict[str, list[np.ndarray]]]:
-    """The teacher's query embeddings of ``texts`` (float32) and its per-token columns: with ``tokens``,
-    ``token_label``, each text's token embeddings over its real tokens, and a ``hidden_label_<k>`` column per hidden
-    layer, each text's hidden state entering layer ``k`` over the same tokens (float16, ``(tokens, width)``)."""
-    if not tokens and not hidden_layers:
+    teacher: SentenceTransformer, texts: list[str], batch_size: int, device: torch.device | None, tokens: bool
+) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """The teacher's query embeddings of ``texts`` (float32) and, with ``tokens``, each text's token embeddings over
+    its real tokens (float16, ``(tokens, width)``)."""
+    if not tokens:
         embeddings = teacher.encode_query(
             texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False, device=device
         )
-        return np.ascontiguousarray(embeddings, dtype=np.float32), {}
-    names = {"token_embeddings": "token_label"} if tokens else {}
-    names |= {f"hidden_state_{k}": HIDDEN_COLUMN.format(k) for k in hidden_layers}
-    with _batch_first_hidden_states(teacher, hidden_layers):
-        outputs = teacher.encode_query(texts, batch_size=batch_size, output_value=None, show_progress_bar=False,
-                                       device=device)
+        return np.ascontiguousarray(embeddings, dtype=np.float32), None
+    outputs = teacher.encode_query(texts, batch_size=batch_size, output_value=None, show_progress_bar=False,
+                                   device=device)
     embeddings = torch.stack([out["sentence_embedding"] for out in outputs]).float().cpu().numpy()
-    per_token = {column: [out[key][out["attention_mask"].bool()].cpu().to(torch.float16).numpy() for out in outputs]
-                 for key, column in names.items()}
-    return embeddings, per_token
-
-
-@contextmanager
-def _batch_first_hidden_states(teacher: SentenceTransformer, layers: list[int]) -> Iterator[None]:
-    """Inside the block the teacher's outputs carry ``hidden_state_<k>`` (batch first) for each of ``layers``: encode
-    with ``output_value=None`` splits those by text, not the ``all_layer_embeddings`` tuple they come from."""
-    if not layers:
-        yield
-        return
-
-    def keep(module: torch.nn.Module, inputs: Any, features: dict[str, Any]) -> None:
-        states = features.pop("all_layer_embeddings")
-        features.update({f"hidden_state_{k}": states[k] for k in layers})
-
-    handle = teacher[0].register_forward_hook(keep)
-    try:
-        with output_hidden_states(teacher):
-            yield
-    finally:
-        handle.remove()
-
-
-def _check_hidden_layers(teacher: SentenceTransformer, layers: list[int]) -> None:
-    """A clear error for hidden layers the teacher cannot give (not a transformer, or out of its range)."""
-    if not layers:
-        return
-    config = getattr(getattr(teacher[0], "auto_model", None), "config", None)
-    count = getattr(config, "num_hidden_layers", None)
-    if count is None:
-        raise ValueError(f"hidden_layers={layers} needs a transformer teacher; its first module is a "
-                         f"{type(teacher[0]).__name__}: pass hidden_layers=().")
-    if layers[0] < 0 or layers[-1] > count:
-        raise ValueError(f"hidden_layers={layers}: the teacher has {count} layers, so its hidden states are numbered "
-                         f"0 (the embeddings) to {count} (the last layer's output).")
-
-
-def _is_token_column(name: str) -> bool:
-    """Whether ``name`` is a per-token column of :func:`teacher_targets` (token embeddings or a hidden state)."""
-    return name == "token_label" or name.startswith(HIDDEN_COLUMN.format(""))
+    token_rows = [out["token_embeddings"][out["attention_mask"].bool()].cpu().to(torch.float16).numpy()
+                  for out in outputs]
+    return embeddings, token_rows
 
 
 def _fixed_size(rows: np.ndarray) -> pa.FixedSizeListArray:

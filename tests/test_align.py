@@ -77,25 +77,6 @@ def test_token_loss_option_trains_on_stored_token_targets_and_says_so_in_the_car
                            pair.encode_query(SENTENCES, convert_to_tensor=True))
 
 
-def test_hidden_loss_option_trains_on_the_hidden_states_entering_the_kept_layers(tmp_path: Path) -> None:
-    model = tiny_model(tmp_path / "m")
-    pair = kale_st.align(model, QUERIES, layers=[0, 3], loss="kale-hidden", output_dir=tmp_path / "pair",
-                         cache_dir=tmp_path / "c", **FAST)
-    assert pair.metadata["loss_config"] == {"temperature": 0.2, "hidden_weight": 1.0}
-    # Encoded twice: for the layer choice, then with the teacher's state entering layer 3, the kept layers known.
-    columns = sorted(tuple(load_targets(folder).column_names) for folder in (tmp_path / "c").iterdir())
-    assert columns == [("query", "label"), ("query", "label", "hidden_label_3")]
-    saved = SentenceTransformer(str(tmp_path / "pair" / "query"))
-    assert not saved[0].auto_model.config.output_hidden_states  # the flag was on for the loss's calls only
-    card = (tmp_path / "pair" / "query" / "README.md").read_text()
-    assert "plus an intermediate-layer term (cosine distance of the hidden states entering each kept layer" in card
-    plain = kale_st.align(model, QUERIES, layers=[0, 3], **FAST)
-    assert not torch.equal(plain.encode_query(SENTENCES, convert_to_tensor=True),
-                           pair.encode_query(SENTENCES, convert_to_tensor=True))
-    with pytest.raises(ValueError, match="loss='kale-hidden' aligns contextual token embeddings"):
-        kale_st.align(model, QUERIES, layers=0, loss="kale-hidden")
-
-
 def test_mse_loss_option_and_save_load_round_trip(tmp_path: Path) -> None:
     pair = kale_st.align(tiny_model(tmp_path / "m"), QUERIES, loss="mse", output_dir=tmp_path / "pair", **FAST)
     assert pair.metadata["loss"] == "MSELoss"

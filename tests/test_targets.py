@@ -132,24 +132,3 @@ def test_two_processes_share_the_encoding(tmp_path: Path) -> None:
     expected = teacher.encode_query(texts, convert_to_numpy=True)
     np.testing.assert_allclose(np.asarray(ranks[0]["labels"], dtype=np.float32), expected, atol=1e-6)
     assert torch.equal(torch.tensor(ranks[0]["labels"]), torch.tensor(ranks[1]["labels"]))
-
-
-def test_hidden_targets_are_the_teachers_states_entering_each_layer(tmp_path: Path) -> None:
-    teacher = tiny_model(tmp_path / "m")  # 4 layers
-    plain = teacher_targets(teacher, TEXTS, cache_dir=tmp_path / "c")
-    targets = teacher_targets(teacher, iter(TEXTS), batch_size=4, chunk_size=5, cache_dir=tmp_path / "c",
-                              hidden_layers=[3, 1])
-    assert targets.column_names == ["query", "label", "hidden_label_1", "hidden_label_3"]
-    assert targets.cache_files[0]["filename"] != plain.cache_files[0]["filename"]  # its own cache entry
-    np.testing.assert_allclose(labels(targets), labels(plain), atol=1e-6)
-    config = teacher[0].auto_model.config
-    assert not config.output_hidden_states  # the teacher is left as it was given
-    config.output_hidden_states = True
-    for text, row in zip(TEXTS, targets.with_format("torch")):
-        states = teacher(dict(teacher.preprocess([text])))["all_layer_embeddings"]  # one text: no padding
-        for k in (1, 3):
-            assert row[f"hidden_label_{k}"].shape == states[k][0].shape
-            torch.testing.assert_close(row[f"hidden_label_{k}"], states[k][0], atol=2e-3, rtol=2e-3)  # float16
-        assert not torch.allclose(row["hidden_label_1"], row["hidden_label_3"], atol=0.1)
-    with pytest.raises(ValueError, match=r"numbered 0 \(the embeddings\) to 4"):
-        teacher_targets(teacher, TEXTS, hidden_layers=[5])
